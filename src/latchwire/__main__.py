@@ -1,0 +1,5 @@
+"""``python -m latchwire``: the latchwire command."""
+
+from latchwire.cli import main
+
+raise SystemExit(main())

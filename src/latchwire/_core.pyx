@@ -1,0 +1,762 @@
+"""latchwire's compiled core.
+
+What must not pay the interpreter, or must talk to the kernel in ways Python's
+own modules cannot: the open-file-description lock calls, the per-process
+record shared by every FileLock of one lock file, and the wait machinery that
+lets a blocked kernel lock wait time out or be cancelled.
+
+Locking rules:
+- Every field of _LockFile and FileLock is read and written with the GIL held.
+  The GIL is released only around a call that may block (F_OFD_SETLKW, a futex
+  wait, open), and no shared state is touched while it is released.
+- For one lock file, at most one thread waits in the kernel at a time
+  (_LockFile.kwaiter); every other thread of the process waits on the record's
+  futex word (_LockFile.seq) and is woken whenever the record changes.
+
+Waking a thread blocked in F_OFD_SETLKW takes a signal: each kernel wait
+creates a POSIX timer aimed at its own thread (SIGEV_THREAD_ID) carrying the
+"wake signal", whose handler does nothing but make the call return EINTR. The
+timer fires at the deadline, or at once when another thread cancels, and then
+every millisecond until the waiter has noticed, which closes the race of a
+signal arriving just before the thread entered the call.
+"""
+
+cimport cython
+from cpython.pythread cimport PyThread_get_thread_ident
+from cpython.ref cimport Py_DECREF, Py_INCREF
+from libc.errno cimport EACCES, EAGAIN, EINTR, EINVAL, ELOOP, ENOENT, ETIMEDOUT, errno
+from libc.signal cimport SIG_DFL
+from libc.string cimport memset
+from posix.fcntl cimport (F_RDLCK, F_SETLK, F_SETLKW, F_UNLCK, F_WRLCK, O_CLOEXEC,
+                          O_CREAT, O_NOCTTY, O_NONBLOCK, O_RDWR, SEEK_SET,
+                          flock, open)
+from posix.fcntl cimport fcntl as c_fcntl
+from posix.signal cimport (SIG_SETMASK, SIG_UNBLOCK, sigaction, sigaction_t, sigaddset,
+                           sigemptyset, sigevent, sigset_t)
+from posix.stat cimport S_ISREG, fstat, lstat, struct_stat
+from posix.time cimport (CLOCK_MONOTONIC, clock_gettime, itimerspec, timer_create,
+                         timer_delete, timer_settime, timer_t, timespec)
+from posix.unistd cimport close, unlink
+
+from latchwire._cpython cimport (PyCodeObject, PyErr_CheckSignals, PyEval_GetFrame,
+                                 PyFrameObject, PyCode_Addr2Line, lw_frame_code,
+                                 lw_frame_lasti)
+from latchwire._linux cimport (F_OFD_SETLK, F_OFD_SETLKW, lw_futex_wait, lw_futex_wake,
+                               lw_gettid, lw_sigev_to_thread)
+from latchwire._posix cimport O_NOFOLLOW, TIMER_ABSTIME, pthread_atfork, pthread_sigmask
+
+import os as _os
+import weakref as _weakref
+
+from latchwire.errors import LockBusy, LockCancelled, LockTimeout
+
+
+cdef enum:
+    LW_UNLOCKED = 0
+    LW_SHARED = 1
+    LW_EXCLUSIVE = 2
+    # After a timer's first expiry (deadline or cancel), how often it fires
+    # again until the waiter has seen it.
+    LW_REFIRE_NS = 1000000
+
+cdef object _MODE_NAMES = (None, "shared", "exclusive")
+
+
+# ---------------------------------------------------------------------------
+# Errors and clocks
+
+# An OSError for a positive errno; OSError's constructor picks the subclass
+# (FileNotFoundError, PermissionError, ...) from the number.
+cdef object _oserror(int err, object path=None):
+    if path is None:
+        return OSError(err, _os.strerror(err))
+    return OSError(err, _os.strerror(err), path)
+
+
+# Seconds on the monotonic clock.
+cdef inline double lw_now() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return <double>ts.tv_sec + <double>ts.tv_nsec * 1e-9
+
+
+cdef inline void lw_timespec(double seconds, timespec *ts) noexcept nogil:
+    if seconds < 0:
+        seconds = 0
+    ts.tv_sec = <long>seconds
+    ts.tv_nsec = <long>((seconds - <double>ts.tv_sec) * 1e9)
+
+
+# The absolute monotonic deadline for (blocking, timeout), or -1 for none.
+# Raises ValueError for a negative timeout or a timeout without blocking.
+cdef double _deadline(bint blocking, object timeout) except -2:
+    if timeout is None:
+        return -1
+    if not blocking:
+        raise ValueError("can't specify a timeout for a non-blocking call")
+    cdef double t = timeout
+    if t < 0:
+        raise ValueError("timeout must be None or a non-negative number of seconds")
+    return lw_now() + t
+
+
+# Where the Python code that called into _core stands: its code object, and
+# the instruction's byte offset in *lasti (the line is worked out when asked).
+cdef inline object _caller_code(int *lasti):
+    cdef PyFrameObject *frame = PyEval_GetFrame()
+    if frame == NULL:
+        lasti[0] = -1
+        return None
+    lasti[0] = lw_frame_lasti(frame)
+    return lw_frame_code(frame)
+
+
+cdef str _format_site(object code, int lasti):
+    if code is None:
+        return "<unknown>"
+    return f"{code.co_filename}:{PyCode_Addr2Line(<PyCodeObject *>code, lasti)}"
+
+
+# ---------------------------------------------------------------------------
+# fork: a child must never use or release its parent's locks. The generation
+# moves on in every child (pthread_atfork, whatever forked it); a record made
+# in an earlier generation was inherited and is dead here.
+
+cdef unsigned long lw_fork_generation = 0
+
+
+cdef void lw_after_fork_child() noexcept nogil:
+    global lw_fork_generation
+    lw_fork_generation += 1
+
+
+pthread_atfork(NULL, NULL, lw_after_fork_child)
+
+
+# ---------------------------------------------------------------------------
+# The wake signal
+
+cdef int lw_wake_signo = 0
+
+
+# The handler's only job is to exist: the signal interrupts a blocking call in
+# the thread it is aimed at, which then returns EINTR.
+cdef void lw_wake_handler(int signo) noexcept nogil:
+    pass
+
+
+# Install the no-op handler (no SA_RESTART) on signo; 0 or a positive errno.
+cdef int lw_install_wake_handler(int signo) noexcept nogil:
+    cdef sigaction_t sa
+    memset(&sa, 0, sizeof(sa))
+    sa.sa_handler = lw_wake_handler
+    sigemptyset(&sa.sa_mask)
+    sa.sa_flags = 0
+    if sigaction(signo, &sa, NULL) != 0:
+        return errno
+    return 0
+
+
+def wake_signal():
+    """The signal latchwire aims at a thread blocked in a kernel lock wait.
+
+    Chosen on first use: ``LATCHWIRE_SIGNAL`` from the environment if set,
+    otherwise the highest real-time signal whose disposition is still the
+    default. latchwire installs a handler that does nothing on it (without
+    ``SA_RESTART``) and only ever sends it to its own waiting threads, through
+    per-wait timers. An application must not install its own handler on it.
+    """
+    global lw_wake_signo
+    if lw_wake_signo:
+        return lw_wake_signo
+    import signal as _signal
+    cdef sigaction_t old
+    cdef int signo, err
+    chosen = _os.environ.get("LATCHWIRE_SIGNAL")
+    if chosen:
+        signo = int(chosen)
+        if not _signal.SIGRTMIN <= signo <= _signal.SIGRTMAX:
+            raise ValueError(f"LATCHWIRE_SIGNAL={chosen} is not a real-time signal")
+    else:
+        for signo in range(_signal.SIGRTMAX, _signal.SIGRTMIN - 1, -1):
+            if sigaction(signo, NULL, &old) == 0 and old.sa_handler == SIG_DFL:
+                break
+        else:
+            raise RuntimeError("no free real-time signal for latchwire's lock waits; "
+                               "set LATCHWIRE_SIGNAL")
+    err = lw_install_wake_handler(signo)
+    if err:
+        raise _oserror(err)
+    lw_wake_signo = signo
+    return signo
+
+
+# ---------------------------------------------------------------------------
+# Kernel lock calls
+
+# Set a whole-file lock of type (F_RDLCK, F_WRLCK, F_UNLCK) on fd with cmd;
+# 0 or a positive errno. EACCES (POSIX's other "conflict") comes back as EAGAIN.
+cdef int lw_setlk(int fd, int cmd, short type) noexcept nogil:
+    cdef flock fl
+    memset(&fl, 0, sizeof(fl))
+    fl.l_type = type
+    fl.l_whence = SEEK_SET
+    if c_fcntl(fd, cmd, &fl) == 0:
+        return 0
+    if errno == EACCES:
+        return EAGAIN
+    return errno
+
+
+# *same = 1 if path (not followed) names fd's inode and that inode still has a
+# link; 0 or a positive errno (a missing path is *same = 0, not an error).
+cdef int lw_names_inode(int fd, const char *path, int *same) noexcept nogil:
+    cdef struct_stat held, named
+    same[0] = 0
+    if fstat(fd, &held) != 0:
+        return errno
+    if lstat(path, &named) != 0:
+        return 0 if errno == ENOENT else errno
+    same[0] = (held.st_nlink > 0 and held.st_dev == named.st_dev
+               and held.st_ino == named.st_ino)
+    return 0
+
+
+# *gone = 1 if fd's inode has no link left (unlinked, or replaced by rename);
+# 0 or a positive errno. One fstat: the check made after every grant.
+cdef int lw_unlinked(int fd, int *gone) noexcept nogil:
+    cdef struct_stat st
+    if fstat(fd, &st) != 0:
+        return errno
+    gone[0] = st.st_nlink == 0
+    return 0
+
+
+cdef bint lw_use_ofd = _os.environ.get("LATCHWIRE_LOCKS", "ofd") != "posix"
+
+
+def _use_posix_locks(bint posix):
+    """Make records created from now on use classic POSIX locks (for tests)."""
+    global lw_use_ofd
+    lw_use_ofd = not posix
+
+
+cdef object _records = _weakref.WeakValueDictionary()
+
+
+# The process's record for lockfile, made if there is none in this generation.
+cdef _LockFile _record_for(str lockfile, int create_mode):
+    cdef _LockFile rec = _records.get(lockfile)
+    if rec is None or rec.generation != lw_fork_generation:
+        rec = _LockFile(lockfile, create_mode)
+        _records[lockfile] = rec
+    return rec
+
+
+def _after_fork_in_child():
+    """Close the descriptors of inherited records; they are dead in a child."""
+    cdef _LockFile rec
+    for rec in list(_records.values()):
+        rec._forget_inherited()
+    _records.clear()
+
+
+_os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+@cython.final
+@cython.auto_pickle(False)
+cdef class _LockFile:
+    """One lock file's open file description in this process, and who holds it here.
+
+    All FileLock objects for one lock file share this record, so the process
+    opens the file once and never closes a descriptor of it while a lock is
+    held (the close trap of classic POSIX locks), and so that threads of this
+    process exclude each other here before they meet in the kernel.
+    """
+    cdef readonly str path
+    cdef bytes bpath
+    cdef int create_mode
+    cdef int fd
+    cdef bint posix           # classic POSIX locks: OFD locks were refused or not asked for
+    cdef int kmode            # what the kernel lock held through fd is
+    cdef bint stale           # fd's inode is no longer at path: reopen before locking
+    cdef unsigned long generation
+    cdef list holders         # the FileLock objects holding, oldest first
+    cdef FileLock upgrader    # a holder waiting here to upgrade, or None
+    cdef FileLock kwaiter     # the holder-to-be whose thread waits in the kernel, or None
+    cdef timer_t ktimer       # kwaiter's wake timer
+    cdef unsigned int seq     # futex word: bumped whenever a waiter might now proceed
+    cdef int nwaiters         # threads sleeping on seq
+    cdef object __weakref__
+
+    def __cinit__(self, str path, int create_mode):
+        self.path = path
+        self.bpath = _os.fsencode(path)
+        self.create_mode = create_mode
+        self.fd = -1
+        self.posix = not lw_use_ofd
+        self.generation = lw_fork_generation
+        self.holders = []
+
+    def __dealloc__(self):
+        if self.fd >= 0:
+            close(self.fd)
+
+    # Open (creating it) the lock file in place of any descriptor held before.
+    # Caller: no lock is held through the old descriptor. Raises OSError.
+    cdef int _open(self) except -1:
+        cdef const char *cpath = self.bpath
+        cdef int flags = O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY | O_NONBLOCK
+        cdef int fd, err = 0
+        cdef struct_stat st
+        with nogil:
+            fd = open(cpath, flags, self.create_mode)
+            if fd < 0:
+                err = errno
+            elif fstat(fd, &st) != 0:
+                err = errno
+                close(fd)
+        if err == ELOOP:
+            raise OSError(ELOOP, "refusing to lock through a symbolic link", self.path)
+        if err:
+            raise _oserror(err, self.path)
+        if not S_ISREG(st.st_mode):
+            close(fd)
+            raise OSError(EINVAL, "lock file is not a regular file", self.path)
+        if self.fd >= 0:
+            close(self.fd)
+        self.fd = fd
+        self.stale = False
+        return 0
+
+    cdef inline int _cmd(self, bint wait) noexcept:
+        if self.posix:
+            return F_SETLKW if wait else F_SETLK
+        return F_OFD_SETLKW if wait else F_OFD_SETLK
+
+    # Try to lock the file in mode without waiting: 0 (held, on the inode now at
+    # the path as far as one fstat can tell), or EAGAIN. Reopens a stale file.
+    # Caller: nothing in this process holds the file (kmode LW_UNLOCKED).
+    cdef int _kernel_try(self, int mode) except -1:
+        cdef int err, gone = 0
+        cdef short ltype = F_RDLCK if mode == LW_SHARED else F_WRLCK
+        while True:
+            if self.fd < 0 or self.stale:
+                self._open()
+            err = lw_setlk(self.fd, self._cmd(False), ltype)
+            if err == EINVAL and not self.posix:
+                self.posix = True       # OFD locks refused: this kernel predates them
+                continue
+            if err == EAGAIN:
+                return EAGAIN
+            if err:
+                raise _oserror(err, self.path)
+            err = lw_unlinked(self.fd, &gone)
+            if err == 0 and not gone:
+                self.kmode = mode
+                return 0
+            lw_setlk(self.fd, self._cmd(False), F_UNLCK)
+            if err:
+                raise _oserror(err, self.path)
+            self.stale = True
+
+    # Wait in the kernel until the lock in mode is granted through fd; raises
+    # LockTimeout at deadline, LockCancelled once h is cancelled past cgen,
+    # whatever a signal handler raised, or OSError. On return kmode is mode.
+    # Caller: kwaiter is None and the in-process state lets h have mode.
+    cdef int _kernel_wait(self, FileLock h, int mode, double deadline,
+                          unsigned int cgen) except -1:
+        cdef int signo = wake_signal()
+        cdef sigevent sev
+        cdef timer_t timer = 0
+        cdef itimerspec its
+        cdef sigset_t wake_set, old_mask
+        cdef int err, fd = self.fd, cmd = self._cmd(True)
+        cdef short ltype = F_RDLCK if mode == LW_SHARED else F_WRLCK
+
+        lw_sigev_to_thread(&sev, signo, lw_gettid())
+        if timer_create(CLOCK_MONOTONIC, &sev, &timer) != 0:
+            raise _oserror(errno)
+        if deadline >= 0:
+            memset(&its, 0, sizeof(its))
+            lw_timespec(deadline, &its.it_value)
+            its.it_interval.tv_nsec = LW_REFIRE_NS
+            timer_settime(timer, TIMER_ABSTIME, &its, NULL)
+        sigemptyset(&wake_set)
+        sigaddset(&wake_set, signo)
+        pthread_sigmask(SIG_UNBLOCK, &wake_set, &old_mask)
+        self.kwaiter = h
+        self.ktimer = timer
+        try:
+            while True:
+                if h.cancel_gen != cgen:
+                    raise LockCancelled("lock wait cancelled", self.path)
+                if deadline >= 0 and lw_now() >= deadline:
+                    raise LockTimeout("timed out waiting for the lock", self.path)
+                with nogil:
+                    err = lw_setlk(fd, cmd, ltype)
+                if err == 0:
+                    self.kmode = mode
+                    return 0
+                if err != EINTR:
+                    raise _oserror(err, self.path)
+                PyErr_CheckSignals()
+        finally:
+            self.kwaiter = None
+            timer_delete(timer)
+            pthread_sigmask(SIG_SETMASK, &old_mask, NULL)
+            self._wake_waiters()
+
+    # Sleep until the record changes, deadline passes or h is cancelled past
+    # cgen; raises LockTimeout, LockCancelled or what a signal handler raised.
+    # The caller re-examines the record after every return.
+    cdef int _wait_here(self, FileLock h, double deadline, unsigned int cgen) except -1:
+        cdef unsigned int seen = self.seq
+        cdef timespec rel
+        cdef timespec *relp = NULL
+        cdef int rc, err = 0
+        if h.cancel_gen != cgen:
+            raise LockCancelled("lock wait cancelled", self.path)
+        if deadline >= 0:
+            if lw_now() >= deadline:
+                raise LockTimeout("timed out waiting for the lock", self.path)
+            lw_timespec(deadline - lw_now(), &rel)
+            relp = &rel
+        self.nwaiters += 1
+        with nogil:
+            rc = lw_futex_wait(&self.seq, seen, relp)
+            if rc < 0:
+                err = errno
+        self.nwaiters -= 1
+        if err == EINTR:
+            PyErr_CheckSignals()
+        return 0
+
+    cdef inline void _wake_waiters(self) noexcept:
+        self.seq += 1
+        if self.nwaiters:
+            lw_futex_wake(&self.seq)
+
+    # Whether the in-process state lets a new holder have mode now.
+    cdef inline bint _admits(self, int mode) noexcept:
+        if self.kwaiter is not None:
+            return False
+        if not self.holders:
+            return True
+        return mode == LW_SHARED and self.kmode == LW_SHARED and self.upgrader is None
+
+    # Raise RuntimeError if a holder other than h, taken by this very thread,
+    # stands in h's way: waiting for it would never end.
+    cdef int _refuse_self_deadlock(self, FileLock h) except -1:
+        cdef unsigned long me = PyThread_get_thread_ident()
+        cdef FileLock other
+        for other in self.holders:
+            if other is not h and other.thread == me:
+                raise RuntimeError(
+                    f"{self.path} is held by this thread through another FileLock "
+                    f"(taken at {other.site}); waiting for it would deadlock")
+        return 0
+
+    cdef int _acquire(self, FileLock h, int mode, bint blocking, double deadline,
+                      bint detached) except -1:
+        cdef unsigned int cgen = h.cancel_gen
+        cdef int same = 0, err
+        while True:
+            if self._admits(mode):
+                if self.kmode == LW_UNLOCKED and self._kernel_try(mode) == EAGAIN:
+                    if not blocking:
+                        raise LockBusy("lock is held by another process", self.path)
+                    self._kernel_wait(h, mode, deadline, cgen)
+                    # Waiting is when a remover unlinks the file under us.
+                    err = lw_names_inode(self.fd, self.bpath, &same)
+                    if err or not same:
+                        lw_setlk(self.fd, self._cmd(False), F_UNLCK)
+                        self.kmode = LW_UNLOCKED
+                        if err:
+                            raise _oserror(err, self.path)
+                        self.stale = True
+                        continue
+                self._grant(h, mode, detached)
+                return 0
+            if not blocking:
+                raise LockBusy("lock is held in this process", self.path)
+            self._refuse_self_deadlock(h)
+            self._wait_here(h, deadline, cgen)
+
+    cdef inline void _grant(self, FileLock h, int mode, bint detached) noexcept:
+        if not self.holders:
+            Py_INCREF(self)     # a held record (and its holders) outlives every reference
+        self.holders.append(h)
+        h.hold = mode
+        h.thread = 0 if detached else PyThread_get_thread_ident()
+        h.site_code = _caller_code(&h.site_lasti)
+
+    # Drop h's hold; the kernel lock goes when the last holder leaves.
+    cdef int _release(self, FileLock h) except -1:
+        cdef int err
+        if h.hold == LW_EXCLUSIVE or len(self.holders) == 1:
+            err = lw_setlk(self.fd, self._cmd(False), F_UNLCK)
+            if err:
+                raise _oserror(err, self.path)
+            self.kmode = LW_UNLOCKED
+        self.holders.remove(h)
+        h.hold = LW_UNLOCKED
+        h.site_code = None
+        if not self.holders:
+            Py_DECREF(self)     # h still references self: this never frees it
+        self._wake_waiters()
+        return 0
+
+    # Convert h's shared hold to exclusive without letting go of it.
+    cdef int _upgrade(self, FileLock h, bint blocking, double deadline) except -1:
+        cdef unsigned int cgen = h.cancel_gen
+        if self.upgrader is not None:
+            raise RuntimeError(f"{self.path}: another FileLock in this process is already "
+                               "upgrading; two upgrades would wait for each other forever")
+        while len(self.holders) > 1 or self.kwaiter is not None:
+            if not blocking:
+                raise LockBusy("lock is shared with other holders in this process", self.path)
+            self._refuse_self_deadlock(h)
+            self.upgrader = h
+            try:
+                self._wait_here(h, deadline, cgen)
+            finally:
+                self.upgrader = None
+        # The kernel converts an OFD or POSIX lock in place: the shared lock
+        # stays held while the exclusive one is waited for, and on failure.
+        if lw_setlk(self.fd, self._cmd(False), F_WRLCK) == 0:
+            self.kmode = LW_EXCLUSIVE
+        elif not blocking:
+            raise LockBusy("lock is shared with another process", self.path)
+        else:
+            self._kernel_wait(h, LW_EXCLUSIVE, deadline, cgen)
+        h.hold = LW_EXCLUSIVE
+        return 0
+
+    cdef int _downgrade(self, FileLock h) except -1:
+        cdef int err = lw_setlk(self.fd, self._cmd(False), F_RDLCK)
+        if err:
+            raise _oserror(err, self.path)
+        self.kmode = LW_SHARED
+        h.hold = LW_SHARED
+        self._wake_waiters()
+        return 0
+
+    # Whether the path still names the inode held; if not, h's hold is dropped
+    # (it guards nothing) and the file will be reopened by the next acquire.
+    cdef bint _verify(self, FileLock h) except -1:
+        cdef int same = 0
+        cdef int err = lw_names_inode(self.fd, self.bpath, &same)
+        if err:
+            raise _oserror(err, self.path)
+        if not same:
+            self.stale = True
+            self._release(h)
+        return same
+
+    # Unlink the lock file while h holds it exclusively, then release: anyone
+    # granted the dead inode afterwards sees it gone and moves to a new file.
+    cdef int _remove(self, FileLock h) except -1:
+        cdef int same = 0
+        cdef int err = lw_names_inode(self.fd, self.bpath, &same)
+        if err == 0 and same and unlink(self.bpath) != 0:
+            err = errno
+        if err:
+            raise _oserror(err, self.path)
+        self.stale = True
+        self._release(h)
+        return 0
+
+    cdef void _cancel(self, FileLock h) noexcept:
+        cdef itimerspec its
+        if self.kwaiter is h:
+            memset(&its, 0, sizeof(its))
+            its.it_value.tv_nsec = 1
+            its.it_interval.tv_nsec = LW_REFIRE_NS
+            timer_settime(self.ktimer, 0, &its, NULL)
+        self._wake_waiters()
+
+    def _forget_inherited(self):
+        """In a fork child: close the inherited descriptor and drop the holds.
+
+        Closing it cannot release the parent's lock: an OFD lock lives while the
+        parent's descriptor does, and a POSIX lock belongs to the parent process.
+        """
+        if self.generation == lw_fork_generation:
+            return
+        if self.fd >= 0:
+            close(self.fd)
+            self.fd = -1
+        if self.holders:
+            self.holders.clear()
+            Py_DECREF(self)
+
+
+@cython.auto_pickle(False)
+cdef class FileLock:
+    """An exclusive or shared lock on one long-lived lock file.
+
+    ``FileLock(path)`` locks ``.NAME.~lock~`` beside ``path`` (the Open vSwitch
+    convention; ``path`` itself is never opened); ``FileLock(path,
+    lockfile=other)`` locks ``other`` directly. The lock file is opened with
+    ``O_NOFOLLOW`` (a symbolic link there is refused), created mode 0600, and
+    kept open between acquisitions.
+
+    A hold belongs to this object, not to a thread: any thread may release it.
+    Acquiring an object that already holds raises RuntimeError at once (it is
+    not reentrant), as does a blocking acquisition that would wait for a hold
+    the same thread has through another object. All objects for one lock file
+    in a process share one record: a hold through one excludes the others
+    (shared holds coexist), and closing or collecting any of them never drops a
+    lock that is held. A held FileLock is kept alive until released.
+
+    Kernel open-file-description locks are used (classic POSIX locks on kernels
+    without them). After every grant the inode is checked for links; after a
+    wait, and in verify(), the path is checked to name the inode held. A lock
+    found on a dead inode is dropped and taken again on the file now at the path.
+    """
+    cdef readonly str path
+    cdef readonly str lockfile
+    cdef _LockFile rec
+    cdef int hold
+    cdef unsigned long thread
+    cdef object site_code
+    cdef int site_lasti
+    cdef unsigned int cancel_gen
+
+    def __init__(self, path, lockfile=None, *, int create_mode=0o600):
+        path = _os.path.realpath(_os.fsdecode(_os.fspath(path)))
+        if lockfile is None:
+            head, tail = _os.path.split(path)
+            lockfile = _os.path.join(head, f".{tail}.~lock~")
+        else:
+            head, tail = _os.path.split(_os.path.abspath(_os.fsdecode(_os.fspath(lockfile))))
+            lockfile = _os.path.join(_os.path.realpath(head), tail)
+        self.path = path
+        self.lockfile = lockfile
+        self.rec = _record_for(lockfile, create_mode)
+
+    def __repr__(self):
+        state = _MODE_NAMES[self.hold] if self.locked else "unlocked"
+        return f"<latchwire.FileLock {self.lockfile!r} {state}>"
+
+    cdef int _acquire(self, int mode, bint blocking, double deadline, bint detached) except -1:
+        if self.rec.generation != lw_fork_generation:
+            self.hold = LW_UNLOCKED     # whatever was held belongs to the parent
+            self.rec = _record_for(self.lockfile, self.rec.create_mode)
+        elif self.hold:
+            raise RuntimeError(f"{self.lockfile} is already held by this FileLock "
+                               f"(taken at {self.site}); FileLock is not reentrant")
+        return self.rec._acquire(self, mode, blocking, deadline, detached)
+
+    # The record, if this object holds a lock through it in this process.
+    cdef _LockFile _held(self):
+        if self.rec.generation != lw_fork_generation:
+            raise RuntimeError(f"{self.lockfile}: this lock was inherited across fork(); "
+                               "it belongs to the parent process")
+        if not self.hold:
+            raise RuntimeError(f"{self.lockfile} is not held by this FileLock")
+        return self.rec
+
+    def acquire(self, bint blocking=True, timeout=None, bint shared=False):
+        """Take the lock (exclusive unless ``shared``); return True.
+
+        ``timeout=None`` waits in the kernel as long as it takes; a number of
+        seconds raises LockTimeout after that long. ``blocking=False`` raises
+        LockBusy at once if the lock is held elsewhere. Another thread's
+        ``cancel()`` makes a waiting call raise LockCancelled.
+        """
+        self._acquire(LW_SHARED if shared else LW_EXCLUSIVE, blocking,
+                      _deadline(blocking, timeout), False)
+        return True
+
+    def _acquire_detached(self, bint blocking=True, timeout=None, bint shared=False):
+        """acquire() for a hold that belongs to no thread (asyncio's)."""
+        self._acquire(LW_SHARED if shared else LW_EXCLUSIVE, blocking,
+                      _deadline(blocking, timeout), True)
+        return True
+
+    def release(self):
+        """Release this object's hold. RuntimeError if it holds nothing here."""
+        self._held()._release(self)
+
+    def __enter__(self):
+        self._acquire(LW_EXCLUSIVE, True, -1, False)
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        self._held()._release(self)
+
+    def upgrade(self, bint blocking=True, timeout=None):
+        """Turn a shared hold into an exclusive one, atomically.
+
+        The shared lock is kept while waiting and if the upgrade fails
+        (LockBusy, LockTimeout, LockCancelled). RuntimeError if another object
+        in this process is already upgrading the same file.
+        """
+        cdef _LockFile rec = self._held()
+        if self.hold != LW_SHARED:
+            raise RuntimeError(f"{self.lockfile}: upgrade() needs a shared hold")
+        rec._upgrade(self, blocking, _deadline(blocking, timeout))
+
+    def downgrade(self):
+        """Turn an exclusive hold into a shared one, atomically; never waits."""
+        cdef _LockFile rec = self._held()
+        if self.hold != LW_EXCLUSIVE:
+            raise RuntimeError(f"{self.lockfile}: downgrade() needs an exclusive hold")
+        rec._downgrade(self)
+
+    def verify(self):
+        """True if the lock is held and the lock file's path still names it.
+
+        False if it is not held, or if the file was unlinked or replaced since:
+        then the hold is dropped (``locked`` turns False) and the next acquire
+        takes the file now at the path.
+        """
+        if not self.locked:
+            return False
+        return self.rec._verify(self)
+
+    def remove(self):
+        """Unlink the lock file while holding it exclusively, then release.
+
+        Processes granted the old file afterwards notice and retry on a new one.
+        """
+        cdef _LockFile rec = self._held()
+        if self.hold != LW_EXCLUSIVE:
+            raise RuntimeError(f"{self.lockfile}: remove() needs an exclusive hold")
+        rec._remove(self)
+
+    def cancel(self):
+        """Make every acquire (or upgrade) of this object now waiting raise LockCancelled.
+
+        Safe from any thread; waits that start after the call are unaffected.
+        """
+        self.cancel_gen += 1
+        self.rec._cancel(self)
+
+    @property
+    def locked(self):
+        """Whether this object holds the lock (in either mode) in this process."""
+        return self.hold != LW_UNLOCKED and self.rec.generation == lw_fork_generation
+
+    @property
+    def mode(self):
+        """``"shared"``, ``"exclusive"`` or None."""
+        return _MODE_NAMES[self.hold] if self.locked else None
+
+    @property
+    def owner_thread(self):
+        """The ident of the thread that acquired the hold (None if unheld or asyncio's)."""
+        return self.thread if self.locked and self.thread else None
+
+    @property
+    def site(self):
+        """``file:line`` where the hold was taken, or None."""
+        return _format_site(self.site_code, self.site_lasti) if self.locked else None
+
+    @property
+    def lock_kind(self):
+        """``"ofd"`` or ``"posix"``: the kernel locks this file's record uses."""
+        return "posix" if self.rec.posix else "ofd"

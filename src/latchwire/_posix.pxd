@@ -1,0 +1,18 @@
+# POSIX declarations Cython's own posix/*.pxd do not carry.
+
+from posix.signal cimport sigset_t
+
+
+cdef extern from "<signal.h>" nogil:
+    int pthread_sigmask(int how, const sigset_t *set, sigset_t *oldset)
+
+cdef extern from "<pthread.h>" nogil:
+    int pthread_atfork(void (*prepare)() noexcept nogil,
+                       void (*parent)() noexcept nogil,
+                       void (*child)() noexcept nogil)
+
+cdef extern from "<time.h>" nogil:
+    enum: TIMER_ABSTIME
+
+cdef extern from "<fcntl.h>" nogil:
+    enum: O_NOFOLLOW

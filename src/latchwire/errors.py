@@ -1,0 +1,72 @@
+"""The exception hierarchy.
+
+Every error latchwire raises is either one of these or a standard ``OSError``
+subclass chosen by errno (``FileNotFoundError``, ``PermissionError``, ...).
+``_core`` raises these classes too, so they live in plain Python, imported by
+everything and importing nothing.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+__all__ = [
+    "DumpInterrupted",
+    "LockBusy",
+    "LockCancelled",
+    "LockOrderError",
+    "LockTimeout",
+    "NetlinkError",
+    "Overrun",
+    "ProtocolError",
+]
+
+
+class LockBusy(BlockingIOError):
+    """The lock is held elsewhere and the caller asked not to wait."""
+
+    def __init__(self, what: str, path: str | None = None) -> None:
+        super().__init__(errno.EAGAIN, what, path)
+
+
+class LockTimeout(TimeoutError):
+    """The caller waited ``timeout`` seconds without getting the lock."""
+
+    def __init__(self, what: str, path: str | None = None) -> None:
+        super().__init__(errno.ETIMEDOUT, what, path)
+
+
+class LockCancelled(InterruptedError):
+    """Another thread called ``cancel()`` while this acquisition was waiting."""
+
+    def __init__(self, what: str, path: str | None = None) -> None:
+        super().__init__(errno.EINTR, what, path)
+
+
+class LockOrderError(RuntimeError):
+    """Two lock classes were taken in opposite orders (a potential deadlock)."""
+
+
+class NetlinkError(OSError):
+    """The kernel answered a netlink request with an error.
+
+    ``errno`` is the kernel's error number; ``msg`` is the extended-ACK text
+    when the kernel gave one (else ``None``).
+    """
+
+    def __init__(self, err: int, msg: str | None = None) -> None:
+        super().__init__(err, msg or os.strerror(err))
+        self.msg = msg
+
+
+class DumpInterrupted(NetlinkError):
+    """The kernel flagged a dump inconsistent (``NLM_F_DUMP_INTR``): retry it."""
+
+
+class Overrun(NetlinkError):
+    """``ENOBUFS``: notifications were lost and the caller must resync."""
+
+
+class ProtocolError(ValueError):
+    """A malformed message: never a crash, never a silent truncation."""

@@ -1,0 +1,188 @@
+"""File locks: FileLock, its asyncio face, and who holds a lock file.
+
+The lock itself (the per-process record, the kernel calls, waits, timeouts and
+cancellation) is compiled in ``latchwire._core``; this module adds what is not
+on a hot path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import threading
+from collections.abc import Generator, Iterator
+from types import TracebackType
+from typing import NamedTuple
+
+from latchwire import _core
+from latchwire.errors import LockBusy
+
+__all__ = ["FileLock", "Holder", "file_holders"]
+
+
+class Holder(NamedTuple):
+    """One process holding a lock on a file."""
+
+    pid: int
+    mode: str  # "shared" or "exclusive"
+    kind: str  # "ofd", "posix" or "flock"
+    command: str  # its command line, or "" if it could not be read
+
+
+class FileLock(_core.FileLock):
+    __doc__ = _core.FileLock.__doc__
+
+    @contextlib.contextmanager
+    def shared(self, timeout: float | None = None) -> Iterator[FileLock]:
+        """``with lock.shared():`` holds the lock shared for the block."""
+        self.acquire(timeout=timeout, shared=True)
+        try:
+            yield self
+        finally:
+            self.release()
+
+    def acquire_async(self, timeout: float | None = None, shared: bool = False) -> _AsyncAcquire:
+        """Acquire without blocking the event loop: ``async with lock.acquire_async():``.
+
+        Also awaitable (``await lock.acquire_async()``, then ``release()``). A
+        free lock is taken at once; otherwise one helper thread waits in the
+        kernel (no polling) and hands the result to the loop. Cancelling the
+        awaiting task cancels that wait; a lock granted at the same moment is
+        released, never leaked. The hold belongs to no thread.
+        """
+        return _AsyncAcquire(self, timeout, shared)
+
+    @staticmethod
+    def holders(path: str | os.PathLike[str], lockfile: str | os.PathLike[str] | None = None
+                ) -> list[Holder]:
+        """The processes holding the lock ``FileLock(path, lockfile)`` would take."""
+        return file_holders(_core.FileLock(path, lockfile).lockfile)
+
+
+class _AsyncAcquire:
+    """What ``FileLock.acquire_async()`` returns: an async context manager and an awaitable."""
+
+    __slots__ = ("_lock", "_shared", "_timeout")
+
+    def __init__(self, lock: FileLock, timeout: float | None, shared: bool) -> None:
+        self._lock = lock
+        self._timeout = timeout
+        self._shared = shared
+
+    def __await__(self) -> Generator[object, None, FileLock]:
+        return self._acquire().__await__()
+
+    async def __aenter__(self) -> FileLock:
+        return await self._acquire()
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        self._lock.release()
+
+    async def _acquire(self) -> FileLock:
+        lock = self._lock
+        with contextlib.suppress(LockBusy):
+            lock._acquire_detached(False, None, self._shared)
+            return lock
+        loop = asyncio.get_running_loop()
+        granted: asyncio.Future[None] = loop.create_future()
+
+        def deliver(exc: BaseException | None) -> None:
+            # Runs on the loop. A task cancelled meanwhile gets nothing, so a
+            # lock granted anyway is released here rather than leaked.
+            if granted.cancelled():
+                if exc is None:
+                    lock.release()
+            elif exc is None:
+                granted.set_result(None)
+            else:
+                granted.set_exception(exc)
+
+        def wait() -> None:
+            try:
+                lock._acquire_detached(True, self._timeout, self._shared)
+            except BaseException as exc:
+                loop.call_soon_threadsafe(deliver, exc)
+            else:
+                loop.call_soon_threadsafe(deliver, None)
+
+        threading.Thread(target=wait, name=f"latchwire-wait {lock.lockfile}", daemon=True).start()
+        try:
+            await granted
+        except asyncio.CancelledError:
+            lock.cancel()
+            raise
+        return lock
+
+
+_KINDS = {"OFDLCK": "ofd", "POSIX": "posix", "FLOCK": "flock"}
+_MODES = {"READ": "shared", "WRITE": "exclusive"}
+
+
+def _lock_lines(text: str, key: str) -> Iterator[tuple[str, str, int]]:
+    """(kind, mode, pid) of each granted lock in /proc/locks-style text on the inode key."""
+    for line in text.splitlines():
+        fields = line.split()
+        if fields and fields[0] == "lock:":
+            fields = fields[1:]
+        # "1: POSIX ADVISORY WRITE 1234 fe:00:42 0 EOF"; waiters have "->" after the number.
+        if len(fields) >= 6 and fields[1] != "->" and fields[5] == key:
+            kind = _KINDS.get(fields[1], fields[1].lower())
+            yield kind, _MODES.get(fields[3], "?"), int(fields[4])
+
+
+def _command(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().rstrip(b"\0").replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def file_holders(path: str | os.PathLike[str]) -> list[Holder]:
+    """Every process holding a lock on the file at ``path`` (not followed).
+
+    POSIX and flock holders come from /proc/locks; OFD locks are reported
+    there with pid -1, so their holders are found by scanning every process's
+    /proc/PID/fdinfo for a lock line on the same inode (a process sharing the
+    open file description, such as a forked child, is listed too). An empty
+    list if the file does not exist or nobody holds it.
+    """
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return []
+    key = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    with open("/proc/locks") as f:
+        table = f.read()
+    found: dict[tuple[int, str, str], None] = {}
+    for kind, mode, pid in _lock_lines(table, key):
+        if pid > 0:
+            found[pid, mode, kind] = None
+    if any(pid <= 0 for _, _, pid in _lock_lines(table, key)):
+        for pid, text in _fdinfos_naming(st.st_ino):
+            for kind, mode, _ in _lock_lines(text, key):
+                if kind != "posix":
+                    found[pid, mode, kind] = None
+    return [Holder(pid, mode, kind, _command(pid)) for pid, mode, kind in found]
+
+
+def _fdinfos_naming(ino: int) -> Iterator[tuple[int, str]]:
+    """(pid, fdinfo text) of every open descriptor, in any process, of inode ino."""
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        fdinfo = f"/proc/{entry.name}/fdinfo"
+        try:
+            fds = os.listdir(fdinfo)
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                with open(f"{fdinfo}/{fd}") as f:
+                    text = f.read()
+            except OSError:
+                continue
+            if f"\nino:\t{ino}\n" in text:
+                yield int(entry.name), text
