@@ -495,6 +495,9 @@ cdef class _LockFile:
     # Drop h's hold; the kernel lock goes when the last holder leaves.
     cdef int _release(self, FileLock h) except -1:
         cdef int err
+        if self.upgrader is h or self.kwaiter is h:
+            raise RuntimeError(f"{self.path}: this FileLock is waiting to upgrade in another "
+                               "thread; cancel() that wait before releasing")
         if h.hold == LW_EXCLUSIVE or len(self.holders) == 1:
             err = lw_setlk(self.fd, self._cmd(False), F_UNLCK)
             if err:
@@ -511,6 +514,7 @@ cdef class _LockFile:
     # Convert h's shared hold to exclusive without letting go of it.
     cdef int _upgrade(self, FileLock h, bint blocking, double deadline) except -1:
         cdef unsigned int cgen = h.cancel_gen
+        cdef int err
         if self.upgrader is not None:
             raise RuntimeError(f"{self.path}: another FileLock in this process is already "
                                "upgrading; two upgrades would wait for each other forever")
@@ -525,8 +529,11 @@ cdef class _LockFile:
                 self.upgrader = None
         # The kernel converts an OFD or POSIX lock in place: the shared lock
         # stays held while the exclusive one is waited for, and on failure.
-        if lw_setlk(self.fd, self._cmd(False), F_WRLCK) == 0:
+        err = lw_setlk(self.fd, self._cmd(False), F_WRLCK)
+        if err == 0:
             self.kmode = LW_EXCLUSIVE
+        elif err != EAGAIN:
+            raise _oserror(err, self.path)
         elif not blocking:
             raise LockBusy("lock is shared with another process", self.path)
         else:
@@ -551,8 +558,8 @@ cdef class _LockFile:
         if err:
             raise _oserror(err, self.path)
         if not same:
-            self.stale = True
             self._release(h)
+            self.stale = True
         return same
 
     # Unlink the lock file while h holds it exclusively, then release: anyone
@@ -564,8 +571,8 @@ cdef class _LockFile:
             err = errno
         if err:
             raise _oserror(err, self.path)
-        self.stale = True
         self._release(h)
+        self.stale = True
         return 0
 
     cdef void _cancel(self, FileLock h) noexcept:

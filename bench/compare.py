@@ -1,0 +1,609 @@
+"""latchwire against the other libraries and against the kernel's own cost, side by side.
+
+Usage: ``python bench/compare.py [PART ...] [--quick] [--json FILE] [--markdown FILE]``
+(every part when none is named; ``--quick`` for a short run).
+
+Method
+------
+Interleaving. Every contender of a comparison runs in this one process (or, for
+the contended runs, in worker processes forked from it) round-robin: each
+round runs each contender for one batch, and the order rotates by one each
+round. A slow drift of the machine (frequency scaling, a neighbour on a shared
+host) then lands on every contender alike instead of on whichever ran during it.
+
+Batches and medians. An uncontended contender is first calibrated (which also
+warms it up) to a batch of about ``batch`` seconds; each round then gives one
+figure per contender, the mean time per operation over its batch. A contended
+round gives one throughput figure. Reported are the median over the rounds,
+the figure to quote, and the minimum.
+
+Floors. Every comparison measures in the same run what the kernel work alone
+costs: the same fcntl calls on an open descriptor issued from Python's fcntl
+module, and (for the uncontended case) from a C loop, ``floor_ofd.c``, built
+with ``cc -O2`` at run time. A ratio to a floor, or between two contenders
+measured in the same run, means the same on any machine; absolute times do not,
+and nothing here passes or fails on one. A contended run whose shared counter
+disagrees with the handoffs counted (mutual exclusion broken) makes the exit
+status 1.
+
+Parts. Each part is a function in ``PARTS`` that takes the run's ``Settings``
+and returns its ``Section``s; add later parts (lockspace, mutex, rwlock,
+objects, netlink, rtnl) there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import fcntl
+import importlib
+import importlib.metadata
+import json
+import multiprocessing
+import os
+import platform
+import shutil
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from functools import partial
+from multiprocessing.connection import Connection
+from multiprocessing.synchronize import Barrier
+from pathlib import Path
+from types import ModuleType
+from typing import TypeVar
+
+import latchwire
+from latchwire import _core
+
+HERE = Path(__file__).resolve().parent
+
+F_OFD_SETLK = getattr(fcntl, "F_OFD_SETLK", 37)
+F_OFD_SETLKW = getattr(fcntl, "F_OFD_SETLKW", 38)
+# struct flock for the whole file: l_type, l_whence, l_start, l_len, l_pid (0 for OFD locks).
+WRLCK = struct.pack("hhqqi", fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0)
+UNLCK = struct.pack("hhqqi", fcntl.F_UNLCK, os.SEEK_SET, 0, 0, 0)
+
+PEERS = ("filelock", "fasteners", "portalocker")
+CONTENDING_PROCESSES = 4
+OUTSIDE_WORK = 200e-6  # seconds of busy-work between release and the next acquire
+BARRIER_TIMEOUT = 30.0
+
+T = TypeVar("T")
+R = TypeVar("R")
+Op = Callable[[], object]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How long to measure, and where to put lock files."""
+
+    quick: bool
+    rounds: int  # rounds of uncontended batches
+    batch: float  # seconds per uncontended batch
+    contended_rounds: int
+    duration: float  # seconds per contended round
+    workdir: Path
+
+    @classmethod
+    def for_run(cls, quick: bool, workdir: Path) -> Settings:
+        if quick:
+            return cls(quick, rounds=7, batch=0.02, contended_rounds=3, duration=1.0,
+                       workdir=workdir)
+        return cls(quick, rounds=21, batch=0.05, contended_rounds=5, duration=2.0,
+                   workdir=workdir)
+
+
+@dataclass
+class Row:
+    """One contender's figures: one sample per round, plus what else was seen."""
+
+    name: str
+    role: str  # "floor", "latchwire" or "peer"
+    samples: list[float]
+    details: dict[str, float | str] = field(default_factory=dict)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples)
+
+    @property
+    def min(self) -> float:
+        return min(self.samples)
+
+
+@dataclass
+class Section:
+    """One comparison: its rows, the floors they are divided by, and what to conclude."""
+
+    part: str
+    title: str
+    unit: str
+    rows: list[Row]
+    floors: list[str]  # names of the rows every median is divided by
+    columns: list[str] = field(default_factory=list)  # Row.details keys shown in the table
+    conclusions: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    failed: bool = False  # a correctness check failed
+
+    def row(self, name: str) -> Row:
+        return next(r for r in self.rows if r.name == name)
+
+    def ratios(self, row: Row) -> dict[str, float]:
+        """row's median over each floor's median."""
+        return {f: row.median / self.row(f).median for f in self.floors}
+
+
+# ---------------------------------------------------------------------------
+# Measuring
+
+
+def interleave(contenders: Sequence[T], rounds: int, measure: Callable[[T], R]) -> list[list[R]]:
+    """measure() each contender once per round, rotating the order; results per contender."""
+    results: list[list[R]] = [[] for _ in contenders]
+    for r in range(rounds):
+        for k in range(len(contenders)):
+            i = (r + k) % len(contenders)
+            results[i].append(measure(contenders[i]))
+    return results
+
+
+def calibrate(run: Callable[[int], float], target: float) -> int:
+    """The number of operations run(n) does in about target seconds."""
+    n = 1
+    while (elapsed := run(n)) < target / 10:
+        n *= 10
+    return max(1, round(n * target / elapsed))
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-th percentile (0-100) by the nearest-rank method."""
+    ordered = sorted(values)
+    return ordered[max(0, min(len(ordered) - 1, round(q / 100 * len(ordered)) - 1))]
+
+
+# ---------------------------------------------------------------------------
+# filelock, uncontended
+
+
+@dataclass(frozen=True)
+class Timed:
+    """An uncontended contender: run(n) does n acquire+release pairs, returns seconds."""
+
+    name: str
+    role: str
+    run: Callable[[int], float]
+
+
+def pair_loop(acquire: Op, release: Op) -> Callable[[int], float]:
+    def run(n: int) -> float:
+        start = time.perf_counter()
+        for _ in range(n):
+            acquire()
+            release()
+        return time.perf_counter() - start
+    return run
+
+
+def with_loop(lock: latchwire.FileLock) -> Callable[[int], float]:
+    def run(n: int) -> float:
+        start = time.perf_counter()
+        for _ in range(n):
+            with lock:
+                pass
+        return time.perf_counter() - start
+    return run
+
+
+def python_floor_loop(fd: int) -> Callable[[int], float]:
+    def run(n: int) -> float:
+        call = fcntl.fcntl
+        start = time.perf_counter()
+        for _ in range(n):
+            call(fd, F_OFD_SETLK, WRLCK)
+            call(fd, F_OFD_SETLK, UNLCK)
+        return time.perf_counter() - start
+    return run
+
+
+def c_floor_loop(exe: Path, lockfile: Path) -> Callable[[int], float]:
+    def run(n: int) -> float:
+        out = subprocess.run([exe, lockfile, str(n)], capture_output=True, text=True, check=True)
+        return float(out.stdout) * n * 1e-9
+    return run
+
+
+def build_c_floor(workdir: Path, notes: list[str]) -> Path | None:
+    """Compile floor_ofd.c into workdir; None (with a note saying why) if it cannot be."""
+    source = HERE / "floor_ofd.c"
+    cc = shutil.which("cc")
+    if cc is None:
+        notes.append("C floor skipped: no `cc` on PATH.")
+        return None
+    if not source.exists():
+        notes.append(f"C floor skipped: {source} is missing.")
+        return None
+    exe = workdir / "floor_ofd"
+    result = subprocess.run([cc, "-O2", "-Wall", "-o", exe, source],
+                            capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        notes.append(f"C floor skipped: cc failed: {result.stderr.strip()}")
+        return None
+    return exe
+
+
+def optional_import(name: str, notes: list[str]) -> ModuleType | None:
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        notes.append(f"{name} skipped: not installed (pip install -e '.[bench]').")
+        return None
+
+
+def peer_locks(workdir: Path, notes: list[str]) -> Iterator[tuple[str, Op, Op]]:
+    """(name, acquire, release) of each other library's plain blocking exclusive lock.
+
+    Each lock object is made once; acquire() and release() are each library's own.
+    """
+    if filelock := optional_import("filelock", notes):
+        lock = filelock.FileLock(workdir / "filelock.lock")
+        yield "filelock.FileLock", lock.acquire, lock.release
+        if filelock.UnixFileLock is filelock.FileLock:
+            notes.append("filelock.UnixFileLock is filelock.FileLock on this platform: "
+                         "measured once.")
+        else:
+            unix = filelock.UnixFileLock(workdir / "filelock-unix.lock")
+            yield "filelock.UnixFileLock", unix.acquire, unix.release
+    if fasteners := optional_import("fasteners", notes):
+        lock = fasteners.InterProcessLock(workdir / "fasteners.lock")
+        yield "fasteners.InterProcessLock", lock.acquire, lock.release
+    if portalocker := optional_import("portalocker", notes):
+        # Blocking flags: the kernel waits (no polling); timeout is then unused.
+        lock = portalocker.Lock(workdir / "portalocker.lock",
+                                flags=portalocker.LockFlags.EXCLUSIVE, fail_when_locked=False)
+        yield "portalocker.Lock", lock.acquire, lock.release
+
+
+PY_FLOOR = "floor: Python fcntl"
+C_FLOOR = "floor: C fcntl"
+LW_PAIR = "latchwire acquire()/release()"
+LW_WITH = "latchwire with-statement"
+
+
+def uncontended_contenders(workdir: Path, stack: ExitStack, notes: list[str]) -> Iterator[Timed]:
+    fd = os.open(workdir / "floor-py.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    stack.callback(os.close, fd)
+    yield Timed(PY_FLOOR, "floor", python_floor_loop(fd))
+    if exe := build_c_floor(workdir, notes):
+        yield Timed(C_FLOOR, "floor", c_floor_loop(exe, workdir / "floor-c.lock"))
+    lock = latchwire.FileLock(workdir / "latchwire")
+    yield Timed(LW_PAIR, "latchwire", pair_loop(lock.acquire, lock.release))
+    yield Timed(LW_WITH, "latchwire", with_loop(latchwire.FileLock(workdir / "latchwire-with")))
+    for name, acquire, release in peer_locks(workdir, notes):
+        yield Timed(name, "peer", pair_loop(acquire, release))
+
+
+def speed_sentence(latchwire_row: Row, peer: Row) -> str:
+    ratio = peer.median / latchwire_row.median
+    if ratio >= 1:
+        return f"latchwire is {ratio:.1f}x faster than {peer.name}"
+    return f"latchwire is {1 / ratio:.1f}x slower than {peer.name}"
+
+
+def filelock_uncontended(s: Settings) -> Section:
+    notes: list[str] = []
+    with ExitStack() as stack:
+        contenders = list(uncontended_contenders(s.workdir, stack, notes))
+        sizes = {c.name: calibrate(c.run, s.batch) for c in contenders}
+        samples = interleave(contenders, s.rounds,
+                             lambda c: c.run(sizes[c.name]) / sizes[c.name] * 1e6)
+    rows = [Row(c.name, c.role, per_op) for c, per_op in zip(contenders, samples, strict=True)]
+    floors = [r.name for r in rows if r.role == "floor"]
+    section = Section("filelock", "uncontended acquire+release, one process", "µs/op", rows,
+                      floors, notes=notes)
+    for name in (LW_PAIR, LW_WITH):
+        ratios = ", ".join(f"{v:.2f}x the {f.removeprefix('floor: ')} floor"
+                           for f, v in section.ratios(section.row(name)).items())
+        section.conclusions.append(f"{name}: {ratios}")
+    lw = section.row(LW_PAIR)
+    section.conclusions += [speed_sentence(lw, r) for r in rows if r.role == "peer"]
+    section.notes += [
+        "Floors: F_OFD_SETLK write lock then unlock on a descriptor kept open. latchwire "
+        "also keeps its lock file open and makes one fstat() per grant on top of those calls.",
+        "filelock, fasteners and portalocker open and close the lock file on every "
+        "acquisition; that is part of what they cost.",
+        f"Batches of about {s.batch * 1e3:.0f} ms, {s.rounds} rounds, interleaved.",
+    ]
+    return section
+
+
+# ---------------------------------------------------------------------------
+# filelock, contended
+
+
+def latchwire_ops(lockfile: str) -> tuple[Op, Op]:
+    lock = latchwire.FileLock(lockfile, lockfile=lockfile)
+    return lock.acquire, lock.release
+
+
+def raw_ofd_ops(lockfile: str) -> tuple[Op, Op]:
+    fd = os.open(lockfile, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    return (partial(fcntl.fcntl, fd, F_OFD_SETLKW, WRLCK),
+            partial(fcntl.fcntl, fd, F_OFD_SETLK, UNLCK))
+
+
+RAW_OFD = "floor: Python fcntl SETLKW"
+LW_FILELOCK = "latchwire FileLock"
+# name: (role, lock file -> (acquire, release)), made in each worker.
+CONTENDED: dict[str, tuple[str, Callable[[str], tuple[Op, Op]]]] = {
+    RAW_OFD: ("floor", raw_ofd_ops),
+    LW_FILELOCK: ("latchwire", latchwire_ops),
+}
+
+
+def spin(seconds: float) -> None:
+    """Busy-work: keep the CPU for this long."""
+    until = time.perf_counter() + seconds
+    while time.perf_counter() < until:
+        pass
+
+
+def contend(kind: str, lockfile: str, barrier: Barrier, counter: ctypes.c_longlong,
+            duration: float, out: Connection) -> None:
+    """Worker: lock, bump counter, unlock, spin; for duration. Sends (elapsed, waits)."""
+    acquire, release = CONTENDED[kind][1](lockfile)
+    waits: list[float] = []
+    clock = time.perf_counter
+    barrier.wait(BARRIER_TIMEOUT)
+    start = clock()
+    end = start + duration
+    while (asked := clock()) < end:
+        acquire()
+        got = clock()
+        counter.value += 1
+        release()
+        waits.append(got - asked)
+        spin(OUTSIDE_WORK)
+    out.send((clock() - start, waits))
+    out.close()
+
+
+@dataclass(frozen=True)
+class ContendedRound:
+    handoffs_per_s: float
+    waits: list[list[float]]  # seconds, per process
+    lost: int  # handoffs counted minus counter increments seen: 0 under mutual exclusion
+
+
+def contended_round(kind: str, lockfile: Path, duration: float) -> ContendedRound:
+    """Run CONTENDING_PROCESSES workers of kind on lockfile, started together."""
+    ctx = multiprocessing.get_context("fork")
+    barrier = ctx.Barrier(CONTENDING_PROCESSES)
+    counter = ctx.RawValue(ctypes.c_longlong, 0)
+    pipes = [ctx.Pipe(duplex=False) for _ in range(CONTENDING_PROCESSES)]
+    procs = [ctx.Process(target=contend, args=(kind, str(lockfile), barrier, counter, duration,
+                                               send))
+             for _, send in pipes]
+    for proc in procs:
+        proc.start()
+    for _, send in pipes:
+        send.close()  # so that recv() raises EOFError if a worker dies
+    try:
+        reports: list[tuple[float, list[float]]] = [recv.recv() for recv, _ in pipes]
+    finally:
+        for proc in procs:
+            proc.join()
+    waits = [w for _, w in reports]
+    handoffs = sum(len(w) for w in waits)
+    return ContendedRound(handoffs / max(e for e, _ in reports), waits,
+                          handoffs - counter.value)
+
+
+def contended_row(kind: str, rounds: list[ContendedRound]) -> Row:
+    pooled = [w for r in rounds for proc in r.waits for w in proc]
+    per_process_worst = [max(max(r.waits[i], default=0.0) for r in rounds)
+                         for i in range(CONTENDING_PROCESSES)]
+    lost = sum(r.lost for r in rounds)
+    return Row(kind, CONTENDED[kind][0], [r.handoffs_per_s for r in rounds], {
+                   "worst wait ms": max(pooled) * 1e3,
+                   "p99 wait ms": percentile(pooled, 99) * 1e3,
+                   "worst wait per process ms": " / ".join(fmt(w * 1e3)
+                                                           for w in per_process_worst),
+                   "counter": "exact" if lost == 0 else f"LOST {lost}",
+               })
+
+
+def filelock_contended(s: Settings) -> Section:
+    lockfiles = {kind: s.workdir / f"contended-{i}.lock" for i, kind in enumerate(CONTENDED)}
+    kinds = list(CONTENDED)
+    rounds = interleave(kinds, s.contended_rounds,
+                        lambda k: contended_round(k, lockfiles[k], s.duration))
+    rows = [contended_row(kind, r) for kind, r in zip(kinds, rounds, strict=True)]
+    section = Section(
+        "filelock",
+        f"contended: {CONTENDING_PROCESSES} processes, one lock",
+        "handoffs/s", rows, [RAW_OFD],
+        columns=["worst wait ms", "p99 wait ms", "worst wait per process ms", "counter"])
+    lw, raw = section.row(LW_FILELOCK), section.row(RAW_OFD)
+    worst, p99 = "worst wait ms", "p99 wait ms"
+    section.conclusions.append(
+        f"latchwire throughput is {lw.median / raw.median:.2f}x the raw OFD floor's; "
+        f"worst wait {fmt(lw.details[worst])} ms vs {fmt(raw.details[worst])} ms, "
+        f"p99 {fmt(lw.details[p99])} ms vs {fmt(raw.details[p99])} ms")
+    section.failed = any(r.details["counter"] != "exact" for r in rows)
+    if section.failed:
+        section.notes.append("FAILED: the shared counter lost increments: two processes "
+                             "held the lock at once.")
+    section.notes.append(
+        f"Each process: acquire, increment a shared counter, release, then "
+        f"{OUTSIDE_WORK * 1e6:.0f} µs of busy-work outside the lock; {s.duration:g} s per round, "
+        f"{s.contended_rounds} rounds, interleaved, started at a barrier. A wait is the "
+        f"time from calling acquire to holding the lock, over every round.")
+    cpus = min(CONTENDING_PROCESSES, len(os.sched_getaffinity(0)))
+    section.notes.append(
+        f"The busy-work alone caps throughput at {cpus} CPUs / {OUTSIDE_WORK * 1e6:.0f} µs = "
+        f"{cpus / OUTSIDE_WORK:.0f} handoffs/s; close to that, throughput measures the CPUs, "
+        f"not the lock, and the worst waits include being preempted by the other processes.")
+    return section
+
+
+def filelock_part(s: Settings) -> list[Section]:
+    return [filelock_uncontended(s), filelock_contended(s)]
+
+
+PARTS: dict[str, Callable[[Settings], list[Section]]] = {
+    "filelock": filelock_part,
+}
+
+
+# ---------------------------------------------------------------------------
+# Reporting
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine() -> dict[str, object]:
+    versions = {}
+    for name in PEERS:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return {
+        "nproc": os.cpu_count(),
+        "usable_cpus": len(os.sched_getaffinity(0)),
+        "kernel": platform.release(),
+        "python": f"{platform.python_implementation()} {platform.python_version()}",
+        "cpu_model": cpu_model(),
+        "latchwire": latchwire.__version__,
+        "latchwire_core": _core.__file__,
+        "peers": versions,
+    }
+
+
+def fmt(value: float | str) -> str:
+    if isinstance(value, str):
+        return value
+    if abs(value) >= 100:
+        return f"{value:.0f}"
+    if abs(value) >= 10:
+        return f"{value:.1f}"
+    return f"{value:.2f}" if abs(value) >= 1 else f"{value:.3f}"
+
+
+def table(section: Section) -> tuple[list[str], list[list[str]]]:
+    """The header and cells of section's table."""
+    header = ["contender", f"median {section.unit}", "min",
+              *(f"/ {f.removeprefix('floor: ')}" for f in section.floors), *section.columns]
+    cells = [[r.name, fmt(r.median), fmt(r.min),
+              *(f"{v:.2f}" for v in section.ratios(r).values()),
+              *(fmt(r.details[d]) for d in section.columns)]
+             for r in section.rows]
+    return header, cells
+
+
+def render_text(section: Section) -> str:
+    header, cells = table(section)
+    widths = [max(len(line[i]) for line in [header, *cells]) for i in range(len(header))]
+
+    def line(fields: list[str]) -> str:
+        return "  ".join(f.ljust(w) if i == 0 else f.rjust(w)
+                         for i, (f, w) in enumerate(zip(fields, widths, strict=True)))
+
+    out = [f"== {section.part}: {section.title} ==", line(header),
+           line(["-" * w for w in widths]), *(line(c) for c in cells), ""]
+    out += [f"  {c}" for c in section.conclusions]
+    out += [f"  note: {n}" for n in section.notes]
+    return "\n".join(out) + "\n"
+
+
+def render_markdown(sections: list[Section], info: dict[str, object]) -> str:
+    out = ["# latchwire benchmarks", "",
+           f"{info['cpu_model']}, {info['nproc']} CPUs, Linux {info['kernel']}, {info['python']}",
+           ""]
+    for section in sections:
+        header, cells = table(section)
+        out += [f"## {section.part}: {section.title}", "",
+                "| " + " | ".join(header) + " |",
+                "|" + "|".join([":---", *["---:"] * (len(header) - 1)]) + "|",
+                *("| " + " | ".join(c) + " |" for c in cells), ""]
+        out += [f"- {c}" for c in section.conclusions]
+        out += [f"- *{n}*" for n in section.notes]
+        out.append("")
+    return "\n".join(out)
+
+
+def to_json(sections: list[Section], info: dict[str, object], s: Settings) -> dict[str, object]:
+    return {
+        "machine": info,
+        "settings": {"quick": s.quick, "rounds": s.rounds, "batch_s": s.batch,
+                     "contended_rounds": s.contended_rounds, "duration_s": s.duration},
+        "sections": [{
+            "part": sec.part,
+            "title": sec.title,
+            "floors": sec.floors,
+            "contenders": {r.name: {
+                "role": r.role,
+                "unit": sec.unit,
+                "median": r.median,
+                "min": r.min,
+                "samples": r.samples,
+                "ratio_vs_floor": sec.ratios(r),
+                "details": r.details,
+            } for r in sec.rows},
+            "conclusions": sec.conclusions,
+            "notes": sec.notes,
+            "failed": sec.failed,
+        } for sec in sections],
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("parts", nargs="*", metavar="PART",
+                        help=f"what to compare: {', '.join(PARTS)} (default: all)")
+    parser.add_argument("--quick", action="store_true", help="a short run")
+    parser.add_argument("--json", type=Path, metavar="FILE", help="write the results as JSON")
+    parser.add_argument("--markdown", type=Path, metavar="FILE",
+                        help="write the results as a Markdown table")
+    args = parser.parse_args(argv)
+    if unknown := [p for p in args.parts if p not in PARTS]:
+        parser.error(f"unknown part {', '.join(map(repr, unknown))}; "
+                     f"known parts: {', '.join(PARTS)}")
+
+    info = machine()
+    print(f"{info['cpu_model']}, {info['nproc']} CPUs, Linux {info['kernel']}, "
+          f"{info['python']}, latchwire {info['latchwire']}\n", flush=True)
+    sections: list[Section] = []
+    with tempfile.TemporaryDirectory(prefix="latchwire-bench-") as tmp:
+        s = Settings.for_run(args.quick, Path(tmp))
+        for part in args.parts or PARTS:
+            for section in PARTS[part](s):
+                print(render_text(section), flush=True)
+                sections.append(section)
+    if args.json:
+        results = to_json(sections, info, s)
+        args.json.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+    if args.markdown:
+        args.markdown.write_text(render_markdown(sections, info))
+    return 1 if any(sec.failed for sec in sections) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
