@@ -11,19 +11,22 @@ from latchwire.errors import (
     Overrun,
     ProtocolError,
 )
-from latchwire.locking import FileLock, Holder
+from latchwire.locking import FileLock, Holder, Lease, LockSpace, resource_name
 
 __all__ = [
     "DumpInterrupted",
     "FileLock",
     "Holder",
+    "Lease",
     "LockBusy",
     "LockCancelled",
     "LockOrderError",
+    "LockSpace",
     "LockTimeout",
     "NetlinkError",
     "Overrun",
     "ProtocolError",
+    "resource_name",
     "wake_signal",
 ]
 __version__ = "0.1.0"

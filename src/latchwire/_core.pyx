@@ -27,7 +27,8 @@ from cpython.ref cimport Py_DECREF, Py_INCREF
 from libc.errno cimport EACCES, EAGAIN, EINTR, EINVAL, ELOOP, ENOENT, ETIMEDOUT, errno
 from libc.signal cimport SIG_DFL
 from libc.string cimport memset
-from posix.fcntl cimport (F_RDLCK, F_SETLK, F_SETLKW, F_UNLCK, F_WRLCK, O_CLOEXEC,
+from posix.fcntl cimport (F_DUPFD_CLOEXEC, F_RDLCK, F_SETFD, F_SETLK, F_SETLKW, F_UNLCK,
+                          F_WRLCK, FD_CLOEXEC, O_CLOEXEC,
                           O_CREAT, O_NOCTTY, O_NONBLOCK, O_RDWR, SEEK_SET,
                           flock, open)
 from posix.fcntl cimport fcntl as c_fcntl
@@ -36,13 +37,14 @@ from posix.signal cimport (SIG_SETMASK, SIG_UNBLOCK, sigaction, sigaction_t, sig
 from posix.stat cimport S_ISREG, fstat, lstat, struct_stat
 from posix.time cimport (CLOCK_MONOTONIC, clock_gettime, itimerspec, timer_create,
                          timer_delete, timer_settime, timer_t, timespec)
+from posix.types cimport dev_t, ino_t
 from posix.unistd cimport close, unlink
 
 from latchwire._cpython cimport (PyCodeObject, PyErr_CheckSignals, PyEval_GetFrame,
                                  PyFrameObject, PyCode_Addr2Line, lw_frame_code,
                                  lw_frame_lasti)
 from latchwire._linux cimport (F_OFD_SETLK, F_OFD_SETLKW, lw_futex_wait, lw_futex_wake,
-                               lw_gettid, lw_sigev_to_thread)
+                               lw_gettid, lw_sigev_to_thread, lw_thread_serial)
 from latchwire._posix cimport O_NOFOLLOW, TIMER_ABSTIME, pthread_atfork, pthread_sigmask
 
 import os as _os
@@ -58,6 +60,9 @@ cdef enum:
     # After a timer's first expiry (deadline or cancel), how often it fires
     # again until the waiter has seen it.
     LW_REFIRE_NS = 1000000
+    # Timeouts longer than this (about 31 years) are waits without a deadline,
+    # so that every deadline fits a timespec.
+    LW_FOREVER = 1000000000
 
 cdef object _MODE_NAMES = (None, "shared", "exclusive")
 
@@ -88,15 +93,18 @@ cdef inline void lw_timespec(double seconds, timespec *ts) noexcept nogil:
 
 
 # The absolute monotonic deadline for (blocking, timeout), or -1 for none.
-# Raises ValueError for a negative timeout or a timeout without blocking.
+# Raises ValueError for a negative or NaN timeout or a timeout without blocking;
+# a timeout beyond LW_FOREVER seconds (or infinite) means none.
 cdef double _deadline(bint blocking, object timeout) except -2:
     if timeout is None:
         return -1
     if not blocking:
         raise ValueError("can't specify a timeout for a non-blocking call")
     cdef double t = timeout
-    if t < 0:
+    if not t >= 0:
         raise ValueError("timeout must be None or a non-negative number of seconds")
+    if t > LW_FOREVER:
+        return -1
     return lw_now() + t
 
 
@@ -208,27 +216,16 @@ cdef int lw_setlk(int fd, int cmd, short type) noexcept nogil:
     return errno
 
 
-# *same = 1 if path (not followed) names fd's inode and that inode still has a
-# link; 0 or a positive errno (a missing path is *same = 0, not an error).
-cdef int lw_names_inode(int fd, const char *path, int *same) noexcept nogil:
-    cdef struct_stat held, named
-    same[0] = 0
-    if fstat(fd, &held) != 0:
-        return errno
-    if lstat(path, &named) != 0:
-        return 0 if errno == ENOENT else errno
-    same[0] = (held.st_nlink > 0 and held.st_dev == named.st_dev
-               and held.st_ino == named.st_ino)
-    return 0
-
-
-# *gone = 1 if fd's inode has no link left (unlinked, or replaced by rename);
-# 0 or a positive errno. One fstat: the check made after every grant.
-cdef int lw_unlinked(int fd, int *gone) noexcept nogil:
+# *same = 1 if path (not followed) names the inode (dev, ino); 0 or a positive
+# errno (a missing path is *same = 0, not an error). The check made after
+# every grant: while a descriptor of the inode is open its number cannot be
+# reused, so equal numbers mean the very file held.
+cdef int lw_path_names(const char *path, dev_t dev, ino_t ino, int *same) noexcept nogil:
     cdef struct_stat st
-    if fstat(fd, &st) != 0:
-        return errno
-    gone[0] = st.st_nlink == 0
+    same[0] = 0
+    if lstat(path, &st) != 0:
+        return 0 if errno == ENOENT else errno
+    same[0] = st.st_dev == dev and st.st_ino == ino
     return 0
 
 
@@ -242,6 +239,14 @@ def _use_posix_locks(bint posix):
 
 
 cdef object _records = _weakref.WeakValueDictionary()
+cdef object _posix_inodes = _weakref.WeakValueDictionary()   # (dev, ino) -> record
+
+
+class _SameFile(Exception):
+    """Internal: the file opened is already open in this process under another record."""
+
+    def __init__(self, record):
+        self.record = record
 
 
 # The process's record for lockfile, made if there is none in this generation.
@@ -278,9 +283,12 @@ cdef class _LockFile:
     cdef bytes bpath
     cdef int create_mode
     cdef int fd
-    cdef bint posix           # classic POSIX locks: OFD locks were refused or not asked for
+    cdef readonly bint posix  # classic POSIX locks: OFD locks were refused or not asked for
     cdef int kmode            # what the kernel lock held through fd is
     cdef bint stale           # fd's inode is no longer at path: reopen before locking
+    cdef dev_t dev            # fd's inode
+    cdef ino_t ino
+    cdef list parked          # descriptors of fd's inode that must not be closed yet
     cdef unsigned long generation
     cdef list holders         # the FileLock objects holding, oldest first
     cdef FileLock upgrader    # a holder waiting here to upgrade, or None
@@ -298,17 +306,24 @@ cdef class _LockFile:
         self.posix = not lw_use_ofd
         self.generation = lw_fork_generation
         self.holders = []
+        self.parked = []
 
     def __dealloc__(self):
+        # Nothing is held: a record is kept alive while anything holds it.
         if self.fd >= 0:
             close(self.fd)
+        if self.parked is not None:     # the collector may have cleared it
+            for fd in self.parked:
+                close(fd)
 
-    # Open (creating it) the lock file in place of any descriptor held before.
-    # Caller: no lock is held through the old descriptor. Raises OSError.
-    cdef int _open(self) except -1:
+    # Open the lock file (creating it if create) in place of any descriptor
+    # held before. Caller: no lock is held through the old one. Raises OSError.
+    cdef int _open(self, bint create) except -1:
         cdef const char *cpath = self.bpath
-        cdef int flags = O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY | O_NONBLOCK
+        cdef int flags = O_RDWR | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY | O_NONBLOCK
         cdef int fd, err = 0
+        if create:
+            flags |= O_CREAT
         cdef struct_stat st
         with nogil:
             fd = open(cpath, flags, self.create_mode)
@@ -324,10 +339,28 @@ cdef class _LockFile:
         if not S_ISREG(st.st_mode):
             close(fd)
             raise OSError(EINVAL, "lock file is not a regular file", self.path)
+        if self.posix:
+            self._claim_inode(fd, st.st_dev, st.st_ino)
         if self.fd >= 0:
             close(self.fd)
         self.fd = fd
+        self.dev = st.st_dev
+        self.ino = st.st_ino
         self.stale = False
+        return 0
+
+    # Classic POSIX locks are the process's, per inode, and any close() of the
+    # inode drops them: one record per inode, whatever name it was reached by.
+    # If another live record has (dev, ino) open, fd joins its parked
+    # descriptors (closing it could drop that record's locks) and _SameFile
+    # tells the FileLock to use that record instead.
+    cdef int _claim_inode(self, int fd, dev_t dev, ino_t ino) except -1:
+        cdef _LockFile other = _posix_inodes.get((dev, ino))
+        if other is not None and other is not self and other.fd >= 0 \
+                and other.generation == lw_fork_generation:
+            other.parked.append(fd)
+            raise _SameFile(other)
+        _posix_inodes[dev, ino] = self
         return 0
 
     cdef inline int _cmd(self, bint wait) noexcept:
@@ -335,31 +368,34 @@ cdef class _LockFile:
             return F_SETLKW if wait else F_SETLK
         return F_OFD_SETLKW if wait else F_OFD_SETLK
 
-    # Try to lock the file in mode without waiting: 0 (held, on the inode now at
-    # the path as far as one fstat can tell), or EAGAIN. Reopens a stale file.
+    # Try to lock the file in mode without waiting: 0 (kmode is mode) or EAGAIN.
+    # Opens the file first if it is not open or stale.
     # Caller: nothing in this process holds the file (kmode LW_UNLOCKED).
-    cdef int _kernel_try(self, int mode) except -1:
-        cdef int err, gone = 0
+    cdef int _kernel_try(self, int mode, bint create) except -1:
+        cdef int err
         cdef short ltype = F_RDLCK if mode == LW_SHARED else F_WRLCK
         while True:
             if self.fd < 0 or self.stale:
-                self._open()
+                self._open(create)
             err = lw_setlk(self.fd, self._cmd(False), ltype)
             if err == EINVAL and not self.posix:
                 self.posix = True       # OFD locks refused: this kernel predates them
+                self.stale = True       # reopen, so the inode is claimed as POSIX needs
                 continue
             if err == EAGAIN:
                 return EAGAIN
             if err:
                 raise _oserror(err, self.path)
-            err = lw_unlinked(self.fd, &gone)
-            if err == 0 and not gone:
-                self.kmode = mode
-                return 0
-            lw_setlk(self.fd, self._cmd(False), F_UNLCK)
-            if err:
-                raise _oserror(err, self.path)
-            self.stale = True
+            self.kmode = mode
+            return 0
+
+    # Whether the path still names the inode held; a positive errno raises.
+    cdef bint _at_path(self) except -1:
+        cdef int same = 0
+        cdef int err = lw_path_names(self.bpath, self.dev, self.ino, &same)
+        if err:
+            raise _oserror(err, self.path)
+        return same
 
     # Wait in the kernel until the lock in mode is granted through fd; raises
     # LockTimeout at deadline, LockCancelled once h is cancelled past cgen,
@@ -382,7 +418,10 @@ cdef class _LockFile:
             memset(&its, 0, sizeof(its))
             lw_timespec(deadline, &its.it_value)
             its.it_interval.tv_nsec = LW_REFIRE_NS
-            timer_settime(timer, TIMER_ABSTIME, &its, NULL)
+            if timer_settime(timer, TIMER_ABSTIME, &its, NULL) != 0:
+                err = errno
+                timer_delete(timer)
+                raise _oserror(err)
         sigemptyset(&wake_set)
         sigaddset(&wake_set, signo)
         pthread_sigmask(SIG_UNBLOCK, &wake_set, &old_mask)
@@ -449,32 +488,36 @@ cdef class _LockFile:
     # Raise RuntimeError if a holder other than h, taken by this very thread,
     # stands in h's way: waiting for it would never end.
     cdef int _refuse_self_deadlock(self, FileLock h) except -1:
-        cdef unsigned long me = PyThread_get_thread_ident()
+        cdef unsigned long me = lw_thread_serial()
         cdef FileLock other
         for other in self.holders:
-            if other is not h and other.thread == me:
+            if other is not h and other.serial == me:
                 raise RuntimeError(
                     f"{self.path} is held by this thread through another FileLock "
                     f"(taken at {other.site}); waiting for it would deadlock")
         return 0
 
+    # Give h a hold in mode; raises LockBusy (not blocking), LockTimeout, or
+    # LockCancelled once h.cancel_gen has moved past cgen.
     cdef int _acquire(self, FileLock h, int mode, bint blocking, double deadline,
-                      bint detached) except -1:
-        cdef unsigned int cgen = h.cancel_gen
-        cdef int same = 0, err
+                      bint detached, unsigned int cgen) except -1:
+        cdef bint here
         while True:
             if self._admits(mode):
-                if self.kmode == LW_UNLOCKED and self._kernel_try(mode) == EAGAIN:
-                    if not blocking:
-                        raise LockBusy("lock is held by another process", self.path)
-                    self._kernel_wait(h, mode, deadline, cgen)
-                    # Waiting is when a remover unlinks the file under us.
-                    err = lw_names_inode(self.fd, self.bpath, &same)
-                    if err or not same:
-                        lw_setlk(self.fd, self._cmd(False), F_UNLCK)
-                        self.kmode = LW_UNLOCKED
-                        if err:
-                            raise _oserror(err, self.path)
+                if self.kmode == LW_UNLOCKED:
+                    if self._kernel_try(mode, h.create) == EAGAIN:
+                        if not blocking:
+                            raise LockBusy("lock is held by another process", self.path)
+                        self._kernel_wait(h, mode, deadline, cgen)
+                    # The file may have been unlinked, replaced or moved away
+                    # since it was opened: a lock on it would guard nothing.
+                    try:
+                        here = self._at_path()
+                    except BaseException:
+                        self._unlock()
+                        raise
+                    if not here:
+                        self._unlock()
                         self.stale = True
                         continue
                 self._grant(h, mode, detached)
@@ -489,20 +532,28 @@ cdef class _LockFile:
             Py_INCREF(self)     # a held record (and its holders) outlives every reference
         self.holders.append(h)
         h.hold = mode
-        h.thread = 0 if detached else PyThread_get_thread_ident()
+        if detached:
+            h.thread = h.serial = 0
+        else:
+            h.thread = PyThread_get_thread_ident()
+            h.serial = lw_thread_serial()
         h.site_code = _caller_code(&h.site_lasti)
+
+    # Unlock the kernel lock held through fd; kmode becomes LW_UNLOCKED.
+    cdef int _unlock(self) except -1:
+        cdef int err = lw_setlk(self.fd, self._cmd(False), F_UNLCK)
+        if err:
+            raise _oserror(err, self.path)
+        self.kmode = LW_UNLOCKED
+        return 0
 
     # Drop h's hold; the kernel lock goes when the last holder leaves.
     cdef int _release(self, FileLock h) except -1:
-        cdef int err
         if self.upgrader is h or self.kwaiter is h:
             raise RuntimeError(f"{self.path}: this FileLock is waiting to upgrade in another "
                                "thread; cancel() that wait before releasing")
         if h.hold == LW_EXCLUSIVE or len(self.holders) == 1:
-            err = lw_setlk(self.fd, self._cmd(False), F_UNLCK)
-            if err:
-                raise _oserror(err, self.path)
-            self.kmode = LW_UNLOCKED
+            self._unlock()
         self.holders.remove(h)
         h.hold = LW_UNLOCKED
         h.site_code = None
@@ -553,26 +604,73 @@ cdef class _LockFile:
     # Whether the path still names the inode held; if not, h's hold is dropped
     # (it guards nothing) and the file will be reopened by the next acquire.
     cdef bint _verify(self, FileLock h) except -1:
-        cdef int same = 0
-        cdef int err = lw_names_inode(self.fd, self.bpath, &same)
-        if err:
-            raise _oserror(err, self.path)
-        if not same:
-            self._release(h)
-            self.stale = True
-        return same
+        if self._at_path():
+            return True
+        self._release(h)
+        self.stale = True
+        return False
 
     # Unlink the lock file while h holds it exclusively, then release: anyone
     # granted the dead inode afterwards sees it gone and moves to a new file.
     cdef int _remove(self, FileLock h) except -1:
-        cdef int same = 0
-        cdef int err = lw_names_inode(self.fd, self.bpath, &same)
-        if err == 0 and same and unlink(self.bpath) != 0:
-            err = errno
-        if err:
-            raise _oserror(err, self.path)
+        if self._at_path() and unlink(self.bpath) != 0:
+            raise _oserror(errno, self.path)
         self._release(h)
         self.stale = True
+        return 0
+
+    # Give the kernel lock away: a new descriptor (the caller's) of the open
+    # file description that holds it, and every hold here dropped without
+    # unlocking. Caller: some FileLock holds the record; OFD locks only.
+    cdef int _handover(self) except -1:
+        cdef FileLock h
+        cdef int fd
+        if self.posix:
+            raise OSError(EINVAL, "classic POSIX locks belong to a process and cannot be "
+                          "handed over", self.path)
+        if self.kwaiter is not None or self.upgrader is not None:
+            raise RuntimeError(f"{self.path}: a thread is waiting on this lock; cancel it first")
+        fd = c_fcntl(self.fd, F_DUPFD_CLOEXEC, 0)
+        if fd < 0:
+            raise _oserror(errno, self.path)
+        for h in self.holders:
+            h.hold = LW_UNLOCKED
+            h.site_code = None
+        self.holders.clear()
+        Py_DECREF(self)         # the caller's FileLock still references self
+        close(self.fd)          # the lock lives on through fd
+        self.fd = -1
+        self.kmode = LW_UNLOCKED
+        self._wake_waiters()
+        return fd
+
+    # Take over fd, a descriptor of this lock file whose open file description
+    # holds the lock in mode (handed over by _handover), as h's hold. The
+    # record takes ownership of fd. Caller: nothing here holds the record.
+    cdef int _adopt(self, FileLock h, int fd, int mode) except -1:
+        cdef struct_stat st
+        cdef int same = 0, err = 0
+        if self.holders or self.kwaiter is not None:
+            raise RuntimeError(f"{self.path} is already held in this process")
+        if self.posix:
+            raise OSError(EINVAL, "classic POSIX locks cannot be adopted", self.path)
+        if fstat(fd, &st) != 0:
+            raise _oserror(errno, self.path)
+        err = lw_path_names(self.bpath, st.st_dev, st.st_ino, &same)
+        if err:
+            raise _oserror(err, self.path)
+        if not same:
+            raise ValueError(f"descriptor {fd} is not the lock file {self.path}")
+        if c_fcntl(fd, F_SETFD, FD_CLOEXEC) != 0:
+            raise _oserror(errno, self.path)
+        if self.fd >= 0:
+            close(self.fd)
+        self.fd = fd
+        self.dev = st.st_dev
+        self.ino = st.st_ino
+        self.stale = False
+        self.kmode = mode
+        self._grant(h, mode, True)
         return 0
 
     cdef void _cancel(self, FileLock h) noexcept:
@@ -607,8 +705,9 @@ cdef class FileLock:
     ``FileLock(path)`` locks ``.NAME.~lock~`` beside ``path`` (the Open vSwitch
     convention; ``path`` itself is never opened); ``FileLock(path,
     lockfile=other)`` locks ``other`` directly. The lock file is opened with
-    ``O_NOFOLLOW`` (a symbolic link there is refused), created mode 0600, and
-    kept open between acquisitions.
+    ``O_NOFOLLOW`` (a symbolic link there is refused), created with
+    ``create_mode`` if missing (with ``create=False``, acquire() raises
+    FileNotFoundError instead), and kept open between acquisitions.
 
     A hold belongs to this object, not to a thread: any thread may release it.
     Acquiring an object that already holds raises RuntimeError at once (it is
@@ -627,12 +726,14 @@ cdef class FileLock:
     cdef readonly str lockfile
     cdef _LockFile rec
     cdef int hold
-    cdef unsigned long thread
+    cdef unsigned long thread         # the acquiring thread's ident, 0 if detached
+    cdef unsigned long serial         # its lw_thread_serial(), 0 if detached
     cdef object site_code
     cdef int site_lasti
     cdef unsigned int cancel_gen
+    cdef bint create
 
-    def __init__(self, path, lockfile=None, *, int create_mode=0o600):
+    def __init__(self, path, lockfile=None, *, bint create=True, int create_mode=0o600):
         path = _os.path.realpath(_os.fsdecode(_os.fspath(path)))
         if lockfile is None:
             head, tail = _os.path.split(path)
@@ -642,20 +743,26 @@ cdef class FileLock:
             lockfile = _os.path.join(_os.path.realpath(head), tail)
         self.path = path
         self.lockfile = lockfile
+        self.create = create
         self.rec = _record_for(lockfile, create_mode)
 
     def __repr__(self):
         state = _MODE_NAMES[self.hold] if self.locked else "unlocked"
         return f"<latchwire.FileLock {self.lockfile!r} {state}>"
 
-    cdef int _acquire(self, int mode, bint blocking, double deadline, bint detached) except -1:
+    cdef int _acquire(self, int mode, bint blocking, double deadline, bint detached,
+                      unsigned int cgen) except -1:
         if self.rec.generation != lw_fork_generation:
             self.hold = LW_UNLOCKED     # whatever was held belongs to the parent
             self.rec = _record_for(self.lockfile, self.rec.create_mode)
         elif self.hold:
             raise RuntimeError(f"{self.lockfile} is already held by this FileLock "
                                f"(taken at {self.site}); FileLock is not reentrant")
-        return self.rec._acquire(self, mode, blocking, deadline, detached)
+        try:
+            return self.rec._acquire(self, mode, blocking, deadline, detached, cgen)
+        except _SameFile as same:
+            self.rec = same.record
+            return self.rec._acquire(self, mode, blocking, deadline, detached, cgen)
 
     # The record, if this object holds a lock through it in this process.
     cdef _LockFile _held(self):
@@ -675,21 +782,36 @@ cdef class FileLock:
         ``cancel()`` makes a waiting call raise LockCancelled.
         """
         self._acquire(LW_SHARED if shared else LW_EXCLUSIVE, blocking,
-                      _deadline(blocking, timeout), False)
+                      _deadline(blocking, timeout), False, self.cancel_gen)
         return True
 
-    def _acquire_detached(self, bint blocking=True, timeout=None, bint shared=False):
-        """acquire() for a hold that belongs to no thread (asyncio's)."""
+    def _acquire_detached(self, bint blocking=True, timeout=None, bint shared=False,
+                          cancel_generation=None):
+        """acquire() for a hold that belongs to no thread (asyncio's, a lockspace's).
+
+        With ``cancel_generation`` (a value of ``cancel_generation`` read
+        earlier), any cancel() since that read cancels this call too.
+        """
         self._acquire(LW_SHARED if shared else LW_EXCLUSIVE, blocking,
-                      _deadline(blocking, timeout), True)
+                      _deadline(blocking, timeout), True,
+                      self.cancel_gen if cancel_generation is None else cancel_generation)
         return True
+
+    @property
+    def cancel_generation(self):
+        """How many times cancel() was called: see ``_acquire_detached``."""
+        return self.cancel_gen
+
+    def shared(self, timeout=None):
+        """``with lock.shared(timeout=None):`` holds the lock shared for the block."""
+        return _SharedHold(self, timeout)
 
     def release(self):
         """Release this object's hold. RuntimeError if it holds nothing here."""
         self._held()._release(self)
 
     def __enter__(self):
-        self._acquire(LW_EXCLUSIVE, True, -1, False)
+        self._acquire(LW_EXCLUSIVE, True, -1, False, self.cancel_gen)
         return self
 
     def __exit__(self, exc_type, exc, tb):
@@ -735,6 +857,32 @@ cdef class FileLock:
             raise RuntimeError(f"{self.lockfile}: remove() needs an exclusive hold")
         rec._remove(self)
 
+    def handover(self):
+        """Hand the lock to a successor process: return a descriptor that holds it.
+
+        The kernel lock belongs to the open file description, which the returned
+        descriptor (close-on-exec; the caller owns it) keeps alive: pass it to a
+        child (``pass_fds``, SCM_RIGHTS) or across ``exec``, where ``adopt()``
+        takes it back. Every hold on this lock file in this process ends, but
+        the lock is never released in between: it is released only when the
+        last descriptor of that description is closed. OFD locks only.
+        """
+        self._held()
+        return self.rec._handover()
+
+    def adopt(self, int fd, bint shared=False):
+        """Hold the lock through ``fd``, a descriptor from ``handover()``.
+
+        This object takes ownership of fd (it is set close-on-exec). ValueError
+        if fd is not this lock file; RuntimeError if the file is already held in
+        this process. The hold belongs to no thread.
+        """
+        if self.rec.generation != lw_fork_generation:
+            self.rec = _record_for(self.lockfile, self.rec.create_mode)
+        elif self.hold:
+            raise RuntimeError(f"{self.lockfile} is already held by this FileLock")
+        self.rec._adopt(self, fd, LW_SHARED if shared else LW_EXCLUSIVE)
+
     def cancel(self):
         """Make every acquire (or upgrade) of this object now waiting raise LockCancelled.
 
@@ -767,3 +915,23 @@ cdef class FileLock:
     def lock_kind(self):
         """``"ofd"`` or ``"posix"``: the kernel locks this file's record uses."""
         return "posix" if self.rec.posix else "ofd"
+
+
+@cython.final
+@cython.auto_pickle(False)
+cdef class _SharedHold:
+    """What ``FileLock.shared()`` returns: a context manager holding the lock shared."""
+    cdef FileLock lock
+    cdef object timeout
+
+    def __cinit__(self, FileLock lock, timeout):
+        self.lock = lock
+        self.timeout = timeout
+
+    def __enter__(self):
+        self.lock._acquire(LW_SHARED, True, _deadline(True, self.timeout), False,
+                           self.lock.cancel_gen)
+        return self.lock
+
+    def __exit__(self, exc_type, exc, tb):
+        self.lock._held()._release(self.lock)

@@ -57,6 +57,18 @@ cdef extern from *  nogil:
     {
         syscall(SYS_futex, word, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
     }
+
+    /* A number for the calling thread that no other thread of the process
+     * ever had (pthread_self() values are reused as soon as a thread exits). */
+    static __thread unsigned long lw_tls_serial;
+    static unsigned long lw_serial_next;
+
+    static inline unsigned long lw_thread_serial(void)
+    {
+        if (!lw_tls_serial)
+            lw_tls_serial = __atomic_add_fetch(&lw_serial_next, 1, __ATOMIC_RELAXED);
+        return lw_tls_serial;
+    }
     """
     enum: F_OFD_GETLK
     enum: F_OFD_SETLK
@@ -65,3 +77,4 @@ cdef extern from *  nogil:
     pid_t lw_gettid()
     int lw_futex_wait(unsigned int *word, unsigned int val, const timespec *rel)
     void lw_futex_wake(unsigned int *word)
+    unsigned long lw_thread_serial()

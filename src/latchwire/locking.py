@@ -1,4 +1,4 @@
-"""File locks: FileLock, its asyncio face, and who holds a lock file.
+"""File locks and lockspaces: FileLock, its asyncio face, LockSpace, and who holds a lock file.
 
 The lock itself (the per-process record, the kernel calls, waits, timeouts and
 cancellation) is compiled in ``latchwire._core``; this module adds what is not
@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import hashlib
 import os
+import stat
 import threading
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Hashable, Iterator, Sequence
+from dataclasses import dataclass, field
 from types import TracebackType
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from latchwire import _core
 from latchwire.errors import LockBusy
 
-__all__ = ["FileLock", "Holder", "file_holders"]
+__all__ = ["FileLock", "Holder", "Lease", "LockSpace", "file_holders", "resource_name"]
 
 
 class Holder(NamedTuple):
@@ -33,24 +37,18 @@ class Holder(NamedTuple):
 class FileLock(_core.FileLock):
     __doc__ = _core.FileLock.__doc__
 
-    @contextlib.contextmanager
-    def shared(self, timeout: float | None = None) -> Iterator[FileLock]:
-        """``with lock.shared():`` holds the lock shared for the block."""
-        self.acquire(timeout=timeout, shared=True)
-        try:
-            yield self
-        finally:
-            self.release()
-
     def acquire_async(self, timeout: float | None = None, shared: bool = False) -> _AsyncAcquire:
         """Acquire without blocking the event loop: ``async with lock.acquire_async():``.
 
         Also awaitable (``await lock.acquire_async()``, then ``release()``). A
         free lock is taken at once; otherwise one helper thread waits in the
         kernel (no polling) and hands the result to the loop. Cancelling the
-        awaiting task cancels that wait; a lock granted at the same moment is
-        released, never leaked. The hold belongs to no thread.
+        awaiting task cancels that wait and returns once the wait has ended; a
+        lock granted at the same moment is released, never leaked, and so is
+        one granted after the event loop closed. The hold belongs to no thread.
         """
+        if timeout is not None and not timeout >= 0:
+            raise ValueError("timeout must be None or a non-negative number of seconds")
         return _AsyncAcquire(self, timeout, shared)
 
     @staticmethod
@@ -86,34 +84,79 @@ class _AsyncAcquire:
             lock._acquire_detached(False, None, self._shared)
             return lock
         loop = asyncio.get_running_loop()
-        granted: asyncio.Future[None] = loop.create_future()
-
-        def deliver(exc: BaseException | None) -> None:
-            # Runs on the loop. A task cancelled meanwhile gets nothing, so a
-            # lock granted anyway is released here rather than leaked.
-            if granted.cancelled():
-                if exc is None:
-                    lock.release()
-            elif exc is None:
-                granted.set_result(None)
-            else:
-                granted.set_exception(exc)
-
-        def wait() -> None:
-            try:
-                lock._acquire_detached(True, self._timeout, self._shared)
-            except BaseException as exc:
-                loop.call_soon_threadsafe(deliver, exc)
-            else:
-                loop.call_soon_threadsafe(deliver, None)
-
-        threading.Thread(target=wait, name=f"latchwire-wait {lock.lockfile}", daemon=True).start()
+        waiter = _Waiter(lock, self._timeout, self._shared, loop)
         try:
-            await granted
+            await waiter.done
         except asyncio.CancelledError:
-            lock.cancel()
+            waiter.abandon()
             raise
         return lock
+
+
+class _Waiter:
+    """One helper thread waiting in the kernel for an asyncio acquisition.
+
+    The grant changes hands under ``guard``: the task takes it (``done``
+    resolves), or the task has abandoned the wait (cancelled, or the loop is
+    gone) and the thread releases it. Nothing is ever held with no one to
+    release it.
+    """
+
+    def __init__(self, lock: FileLock, timeout: float | None, shared: bool,
+                 loop: asyncio.AbstractEventLoop) -> None:
+        self.lock = lock
+        self.loop = loop
+        self.done: asyncio.Future[None] = loop.create_future()
+        self.guard = threading.Lock()
+        self.abandoned = False
+        self.granted = False
+        # Read before the thread starts, so that abandon()'s cancel() reaches
+        # the wait even if it comes before the thread has begun waiting.
+        generation = lock.cancel_generation
+        self.thread = threading.Thread(
+            target=self._wait, args=(timeout, shared, generation),
+            name=f"latchwire-wait {lock.lockfile}", daemon=True)
+        self.thread.start()
+
+    def _wait(self, timeout: float | None, shared: bool, generation: int) -> None:
+        try:
+            self.lock._acquire_detached(True, timeout, shared, generation)
+        except BaseException as exc:
+            self._deliver(exc)
+        else:
+            with self.guard:
+                self.granted = not self.abandoned
+                if self.abandoned:
+                    self.lock.release()
+            self._deliver(None)
+
+    def _deliver(self, exc: BaseException | None) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self._resolve, exc)
+        except RuntimeError:  # the loop is closed: nobody will take the grant
+            self.abandon_grant()
+
+    def _resolve(self, exc: BaseException | None) -> None:
+        if self.done.done():
+            return
+        if exc is None:
+            self.done.set_result(None)
+        else:
+            self.done.set_exception(exc)
+
+    def abandon(self) -> None:
+        """The task gives up: end the wait, and leave nothing held when this returns."""
+        self.abandon_grant()
+        self.lock.cancel()
+        self.thread.join()  # sub-millisecond: the cancelled wait returns at once
+
+    def abandon_grant(self) -> None:
+        """Release a grant the task will never take, or see that one is never kept."""
+        with self.guard:
+            self.abandoned = True
+            if self.granted:
+                self.granted = False
+                self.lock.release()
 
 
 _KINDS = {"OFDLCK": "ofd", "POSIX": "posix", "FLOCK": "flock"}
@@ -186,3 +229,235 @@ def _fdinfos_naming(ino: int) -> Iterator[tuple[int, str]]:
                 continue
             if f"\nino:\t{ino}\n" in text:
                 yield int(entry.name), text
+
+
+def resource_name(path: str | os.PathLike[str]) -> str:
+    """The SHA-256 hex digest of path's canonical form (libvirt's lease names for disks)."""
+    return hashlib.sha256(os.fsencode(os.path.realpath(path))).hexdigest()
+
+
+class Lease(NamedTuple):
+    """A resource held in a LockSpace: its name, mode and owners (oldest first)."""
+
+    name: str
+    mode: str  # "shared" or "exclusive"
+    owners: tuple[Hashable, ...]
+
+
+@dataclass
+class _Resource:
+    """One name's state in a LockSpace table: each owner's hold and each owner's wait."""
+
+    shared: bool = False
+    autocreate: bool = False
+    holds: dict[Hashable, FileLock] = field(default_factory=dict)
+    waits: dict[Hashable, FileLock] = field(default_factory=dict)
+
+
+class LockSpace:
+    """A directory of lease files (libvirt's virLockSpace), with owners and shared leases.
+
+    ``LockSpace(directory)`` keeps resources as files in directory, created
+    mode 0700 if missing (a directory that is a symbolic link is refused);
+    names are plain file names. ``LockSpace(None)`` takes absolute paths as
+    names and locks those files directly.
+
+    Each hold belongs to an *owner* (any hashable; the process id by default),
+    not to a thread. One table, guarded by one lock, records who holds what,
+    so a resource held here is answered "busy" at once without opening a
+    second descriptor of it (which would drop classic POSIX locks). Waits
+    happen outside the table lock, in the kernel or on the file's in-process
+    record.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str] | None) -> None:
+        self.directory: str | None = None
+        if directory is not None:
+            path = os.path.abspath(os.fspath(directory))
+            os.makedirs(path, mode=0o700, exist_ok=True)
+            if stat.S_ISLNK(os.lstat(path).st_mode):
+                raise OSError(errno.ELOOP, "lockspace directory is a symbolic link", path)
+            head, tail = os.path.split(path)
+            self.directory = os.path.join(os.path.realpath(head), tail)
+        self._mutex = threading.Lock()
+        self._table: dict[str, _Resource] = {}
+
+    def __repr__(self) -> str:
+        return f"<latchwire.LockSpace {self.directory!r} {len(self._table)} resources>"
+
+    def path(self, name: str) -> str:
+        """The file that stands for name. ValueError for a name that could escape."""
+        if not isinstance(name, str) or not name or "\0" in name:
+            raise ValueError(f"bad resource name {name!r}")
+        if self.directory is None:
+            if not os.path.isabs(name):
+                raise ValueError(f"resource {name!r}: a LockSpace(None) takes absolute paths")
+            return name
+        if "/" in name or name in (".", ".."):
+            raise ValueError(f"bad resource name {name!r}: it must name a file in the lockspace")
+        return os.path.join(self.directory, name)
+
+    def acquire(self, name: str, owner: Hashable = None, shared: bool = False,
+                wait: bool = False, timeout: float | None = None,
+                autocreate: bool = True) -> None:
+        """Take name for owner (default: this process's id).
+
+        A resource held exclusively (or held shared, for an exclusive request)
+        by another owner here or by another process raises LockBusy at once,
+        unless ``wait``: then this waits (in the kernel, without polling), up to
+        ``timeout`` seconds (LockTimeout). A shared request joins the shared
+        holders. A missing resource is created if ``autocreate``, and then
+        deleted on its last release; otherwise FileNotFoundError. RuntimeError
+        if owner already holds or awaits name.
+        """
+        owner = os.getpid() if owner is None else owner
+        path = self.path(name)
+        lock = FileLock(path, lockfile=path, create=autocreate)
+        with self._mutex:
+            res = self._table.setdefault(name, _Resource())
+            if owner in res.holds or owner in res.waits:
+                raise RuntimeError(f"{owner!r} already holds or awaits {name!r}")
+            try:
+                if not wait:
+                    if res.holds and not (shared and res.shared):
+                        raise LockBusy(f"held by {tuple(res.holds)}", path)
+                    lock._acquire_detached(False, None, shared)
+                    self._record(name, res, owner, lock, shared, autocreate)
+                    return
+                res.waits[owner] = lock
+                # Read with the wait registered: a release_owner() from now on
+                # cancels this wait even before it has begun.
+                generation = lock.cancel_generation
+            finally:
+                if not res.holds and not res.waits:
+                    del self._table[name]
+        try:
+            lock._acquire_detached(True, timeout, shared, generation)
+        finally:
+            with self._mutex:
+                res = self._table[name]
+                del res.waits[owner]
+                if lock.locked:
+                    self._record(name, res, owner, lock, shared, autocreate)
+                elif not res.holds and not res.waits:
+                    del self._table[name]
+
+    @staticmethod
+    def _record(name: str, res: _Resource, owner: Hashable, lock: FileLock, shared: bool,
+                autocreate: bool) -> None:
+        """Enter owner's new hold. Caller: holds the table lock."""
+        if not res.holds:
+            res.shared = shared
+            res.autocreate = autocreate
+        res.holds[owner] = lock
+
+    def release(self, name: str, owner: Hashable = None) -> None:
+        """Release owner's hold on name; the last owner's release unlocks.
+
+        An auto-created resource is deleted by its last release here: unlinked
+        while still locked, then unlocked, so whoever is granted the old file
+        next sees it gone and moves on to a new one. A shared one is deleted
+        only if the last owner can upgrade without waiting (no other process
+        shares it). RuntimeError if owner does not hold name.
+        """
+        owner = os.getpid() if owner is None else owner
+        with self._mutex:
+            self._release(name, owner)
+
+    def _release(self, name: str, owner: Hashable) -> None:
+        """release() with the table lock held."""
+        res = self._table.get(name)
+        lock = res.holds.get(owner) if res else None
+        if res is None or lock is None:
+            raise RuntimeError(f"{owner!r} does not hold {name!r}")
+        if len(res.holds) > 1 or not res.autocreate:
+            lock.release()
+        elif not res.shared:
+            lock.remove()
+        else:
+            try:
+                lock.upgrade(blocking=False)
+            except LockBusy:
+                lock.release()
+            else:
+                lock.remove()
+        del res.holds[owner]
+        if not res.holds and not res.waits:
+            del self._table[name]
+
+    def release_owner(self, owner: Hashable) -> list[str]:
+        """Release everything owner holds and cancel its waits; the names released."""
+        with self._mutex:
+            names = [name for name, res in self._table.items() if owner in res.holds]
+            for name in names:
+                self._release(name, owner)
+            for res in self._table.values():
+                if owner in res.waits:
+                    res.waits[owner].cancel()
+        return names
+
+    def held(self) -> list[Lease]:
+        """The resources held here, with mode and owners."""
+        with self._mutex:
+            return [Lease(name, "shared" if res.shared else "exclusive", tuple(res.holds))
+                    for name, res in self._table.items() if res.holds]
+
+    def create(self, name: str) -> None:
+        """Create the resource file (mode 0600); FileExistsError if it exists."""
+        os.close(os.open(self.path(name),
+                         os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600))
+
+    def delete(self, name: str) -> None:
+        """Delete the resource: lock it exclusively (LockBusy if held), unlink, release."""
+        path = self.path(name)
+        with self._mutex:
+            if name in self._table:
+                raise LockBusy("held in this lockspace", path)
+            lock = FileLock(path, lockfile=path, create=False)
+            lock.acquire(blocking=False)
+            lock.remove()
+
+    def export(self) -> tuple[dict[str, Any], list[int]]:
+        """Hand every lease to a successor: (description, descriptors).
+
+        Each descriptor keeps its lease's kernel lock; this lockspace forgets
+        them (it is empty afterwards) without ever unlocking. Pass the
+        descriptors to a child or across exec and call ``LockSpace.adopt``
+        there; the leases are free only once every copy of a descriptor is
+        closed. The description is JSON-serialisable when the owners are
+        strings or numbers. RuntimeError while an acquisition is waiting.
+        """
+        with self._mutex:
+            if any(res.waits for res in self._table.values()):
+                raise RuntimeError("cannot export while acquisitions are waiting")
+            leases: list[dict[str, Any]] = []
+            fds: list[int] = []
+            for name, res in self._table.items():
+                leases.append({"name": name, "shared": res.shared,
+                               "autocreate": res.autocreate, "owners": list(res.holds)})
+                fds.append(next(iter(res.holds.values())).handover())
+            self._table.clear()
+        return {"directory": self.directory, "leases": leases}, fds
+
+    @classmethod
+    def adopt(cls, description: dict[str, Any], fds: Sequence[int]) -> LockSpace:
+        """Rebuild a lockspace from ``export()``'s description and descriptors.
+
+        Takes ownership of the descriptors. The leases stay held throughout.
+        """
+        space = cls(description["directory"])
+        leases = description["leases"]
+        if len(leases) != len(fds):
+            raise ValueError(f"{len(leases)} leases but {len(fds)} descriptors")
+        for lease, fd in zip(leases, fds, strict=True):
+            name, shared, owners = lease["name"], lease["shared"], lease["owners"]
+            path = space.path(name)
+            res = space._table[name] = _Resource(shared, lease["autocreate"])
+            first = FileLock(path, lockfile=path)
+            first.adopt(fd, shared)
+            res.holds[owners[0]] = first
+            for owner in owners[1:]:
+                joined = FileLock(path, lockfile=path)
+                joined._acquire_detached(False, None, True)
+                res.holds[owner] = joined
+        return space

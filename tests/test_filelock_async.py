@@ -1,0 +1,521 @@
+"""FileLock.acquire_async(): waiting without blocking the event loop, timeouts, cancellation.
+
+Each test runs its own event loop with ``asyncio.run``. The lock is held by another
+process (a small script using plain ``fcntl``, driven over pipes), so the async
+acquire has to wait in the kernel through latchwire's helper thread. "The helper
+waits" is observed as a blocked request in /proc/locks; every wait is bounded,
+and the other process drops its locks and exits when left idle, so a bug fails a
+test rather than hanging it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import select
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from latchwire import FileLock, LockTimeout
+
+BOUND = 5.0  # the longest any handshake in these tests may take
+WATCHDOG = 15.0  # an idle other process drops its locks and exits after this long
+RACE_ROUNDS = 100
+
+# ---------------------------------------------------------------------------
+# Another process holding kernel locks (plain fcntl, not latchwire)
+
+_OTHER = r"""
+import fcntl, os, select, struct, sys, time
+
+path, watchdog = sys.argv[1], float(sys.argv[2])
+fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+types = {"ex": fcntl.F_WRLCK, "sh": fcntl.F_RDLCK}
+
+
+def setlock(ltype):
+    fcntl.fcntl(fd, fcntl.F_OFD_SETLK, struct.pack("hhqqi4x", ltype, 0, 0, 0, 0))
+
+
+def reply(text):
+    os.write(1, (text + "\n").encode())
+
+
+reply("ready")
+buf = b""
+while select.select([0], [], [], watchdog)[0]:
+    data = os.read(0, 4096)
+    if not data:
+        break
+    buf += data
+    while b"\n" in buf:
+        line, buf = buf.split(b"\n", 1)
+        cmd, _, arg = line.decode().partition(" ")
+        if cmd == "lock":
+            try:
+                setlock(types[arg])
+            except OSError:
+                reply("busy")
+            else:
+                reply("ok")
+        elif cmd == "unlock":
+            setlock(fcntl.F_UNLCK)
+            reply(repr(time.monotonic()))
+"""
+
+_PROBE = r"""
+import fcntl, os, struct, sys
+
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)
+ltype = fcntl.F_WRLCK if sys.argv[2] == "ex" else fcntl.F_RDLCK
+try:
+    fcntl.fcntl(fd, fcntl.F_OFD_SETLK, struct.pack("hhqqi4x", ltype, 0, 0, 0, 0))
+except OSError:
+    print("busy")
+else:
+    print("free")
+"""
+
+
+class OtherProcess:
+    """Another process that locks and unlocks one file when told to, over a pipe.
+
+    ``lock()`` and ``unlock()`` return once it has acted; ``send("unlock")`` then
+    ``reply()`` split an unlock so the caller can act while it happens.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _OTHER, path, str(WATCHDOG)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0,
+        )
+        self._buf = b""
+        assert self.reply() == "ready"
+
+    def send(self, line: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line.encode() + b"\n")
+
+    def reply(self, timeout: float = BOUND) -> str:
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._buf:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                raise AssertionError("the other process did not answer in time")
+            data = os.read(fd, 4096)
+            if not data:
+                raise AssertionError("the other process exited")
+            self._buf += data
+        line, self._buf = self._buf.split(b"\n", 1)
+        return line.decode()
+
+    def lock(self, mode: str = "ex") -> None:
+        self.send(f"lock {mode}")
+        answer = self.reply()
+        assert answer == "ok", f"the other process could not lock ({answer})"
+
+    def unlock(self) -> float:
+        self.send("unlock")
+        return float(self.reply())
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(BOUND)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def probe(path: str, mode: str = "ex") -> str:
+    """"free" or "busy": whether a fresh process could take the lock in mode now."""
+    out = subprocess.run(
+        [sys.executable, "-c", _PROBE, path, mode],
+        capture_output=True, text=True, timeout=BOUND * 2, check=True,
+    )
+    return out.stdout.strip()
+
+
+def kernel_waiters(path: str) -> int:
+    """How many lock requests are blocked in the kernel on the file at path (/proc/locks)."""
+    st = os.stat(path)
+    key = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    with open("/proc/locks") as f:
+        return sum(1 for line in f if " -> " in line and line.split()[6] == key)
+
+
+async def until(condition: Callable[[], bool], what: str, timeout: float = BOUND) -> None:
+    """Return once condition() holds, checked every millisecond of the loop; fail after timeout."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting until {what}")
+        await asyncio.sleep(0.001)
+
+
+async def settle() -> None:
+    """Let every acquire_async helper thread finish and the loop run what they handed it."""
+    for thread in helper_threads():
+        thread.join(BOUND)
+        assert not thread.is_alive(), "an acquire_async helper thread is still waiting"
+    for _ in range(3):
+        await asyncio.sleep(0)
+
+
+def helper_threads() -> list[threading.Thread]:
+    """latchwire's acquire_async helper threads, found by the name it gives them."""
+    return [t for t in threading.enumerate() if t.name.startswith("latchwire-wait")]
+
+
+# ---------------------------------------------------------------------------
+# Fixtures
+
+
+@pytest.fixture
+def lockfile(tmp_path: Any) -> str:
+    return str(tmp_path / "app.lock")
+
+
+@pytest.fixture
+def other(lockfile: str) -> Iterator[OtherProcess]:
+    proc = OtherProcess(lockfile)
+    yield proc
+    proc.close()
+
+
+def new_lock(lockfile: str) -> FileLock:
+    return FileLock(lockfile, lockfile=lockfile)
+
+
+# ---------------------------------------------------------------------------
+# 1. A free lock
+
+
+def test_async_with_acquires_and_releases(lockfile: str) -> None:
+    """`async with lock.acquire_async():` holds the lock exclusively for the block, then not."""
+    lock = new_lock(lockfile)
+
+    async def main() -> tuple[bool, str | None, str]:
+        async with lock.acquire_async() as held:
+            assert held is lock
+            return lock.locked, lock.mode, probe(lockfile, "sh")
+
+    assert asyncio.run(main()) == (True, "exclusive", "busy")
+    assert not lock.locked
+    assert probe(lockfile) == "free"
+
+
+def test_await_acquire_then_release(lockfile: str) -> None:
+    """`await lock.acquire_async()` returns the lock held (by no thread); release() drops it."""
+    lock = new_lock(lockfile)
+
+    async def main() -> None:
+        assert await lock.acquire_async() is lock
+        assert lock.locked and lock.owner_thread is None
+        assert probe(lockfile, "sh") == "busy"
+        lock.release()
+
+    asyncio.run(main())
+    assert not lock.locked
+    assert probe(lockfile) == "free"
+
+
+# ---------------------------------------------------------------------------
+# 2. Waiting on another process
+
+
+def test_loop_keeps_running_while_waiting(lockfile: str, other: OtherProcess) -> None:
+    """While the acquire waits for another process, the loop runs other tasks; once that
+    process releases, the acquire completes."""
+    other.lock()
+    lock = new_lock(lockfile)
+
+    async def main() -> dict[str, Any]:
+        ticks = 0
+        stop = asyncio.Event()
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while not stop.is_set():
+                ticks += 1
+                await asyncio.sleep(0)
+
+        ticking = asyncio.ensure_future(ticker())
+        acquiring = asyncio.ensure_future(lock.acquire_async())
+        await until(lambda: kernel_waiters(lockfile) > 0, "the acquire waits in the kernel")
+        start = ticks
+        await until(lambda: ticks >= start + 200 or acquiring.done(), "the loop ticks on")
+        pending = not acquiring.done()
+        ticks_while_waiting = ticks
+        other.unlock()
+        await asyncio.wait_for(acquiring, BOUND)
+        stop.set()
+        await ticking
+        return {"pending": pending, "ticks": ticks_while_waiting, "locked": lock.locked}
+
+    result = asyncio.run(main())
+    assert result["pending"], "the acquire finished before the other process released"
+    assert result["ticks"] >= 200, f"the loop ran only {result['ticks']} times while waiting"
+    assert result["locked"]
+    assert probe(lockfile, "sh") == "busy"
+    lock.release()
+
+
+def test_wakes_promptly_when_other_process_releases(lockfile: str, other: OtherProcess) -> None:
+    """The awaiting task resumes < 50 ms after the other process releases."""
+    other.lock()
+    lock = new_lock(lockfile)
+
+    async def main() -> float:
+        acquiring = asyncio.ensure_future(lock.acquire_async())
+        await until(lambda: kernel_waiters(lockfile) > 0, "the acquire waits in the kernel")
+        released = other.unlock()
+        await asyncio.wait_for(acquiring, BOUND)
+        return time.monotonic() - released
+
+    latency = asyncio.run(main())
+    print(f"async wake latency {latency * 1000:.3f} ms")
+    assert latency < 0.05, f"resumed {latency * 1000:.1f} ms after the release"
+    lock.release()
+
+
+# ---------------------------------------------------------------------------
+# 3. Timeout
+
+
+def test_timeout_raises_lock_timeout_on_time(lockfile: str, other: OtherProcess) -> None:
+    """acquire_async(timeout=0.1) against a held lock raises LockTimeout after 100-150 ms."""
+    other.lock()
+    lock = new_lock(lockfile)
+
+    async def main() -> list[float]:
+        elapsed = []
+        for _ in range(3):
+            start = time.monotonic()
+            with pytest.raises(LockTimeout):
+                await lock.acquire_async(timeout=0.1)
+            elapsed.append(time.monotonic() - start)
+            assert not lock.locked
+        return elapsed
+
+    elapsed = asyncio.run(main())
+    print("async timeout elapsed ms:", ", ".join(f"{e * 1000:.2f}" for e in elapsed))
+    assert min(elapsed) >= 0.1 and max(elapsed) <= 0.15, elapsed
+
+
+def test_negative_timeout_is_value_error(lockfile: str) -> None:
+    """acquire_async(timeout=-1) is a ValueError, as acquire(timeout=-1) is, even on a free lock."""
+    lock = new_lock(lockfile)
+
+    async def main() -> None:
+        with pytest.raises(ValueError):
+            await lock.acquire_async(timeout=-1)
+
+    try:
+        asyncio.run(main())
+    finally:
+        if lock.locked:
+            lock.release()
+
+
+# ---------------------------------------------------------------------------
+# 4. Cancellation
+
+
+def test_wait_for_timeout_does_not_leak(lockfile: str, other: OtherProcess) -> None:
+    """asyncio.wait_for(acquire_async(), 0.1) raises TimeoutError, ends the wait, holds nothing;
+    when the other process releases, a third process can take the lock."""
+    other.lock()
+    lock = new_lock(lockfile)
+
+    async def main() -> None:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(lock.acquire_async(), 0.1)
+        assert not lock.locked
+        await until(lambda: kernel_waiters(lockfile) == 0, "the cancelled wait ends")
+        await settle()
+
+    asyncio.run(main())
+    assert not lock.locked
+    other.unlock()
+    assert probe(lockfile) == "free"
+    assert lock.acquire(blocking=False)
+    lock.release()
+
+
+def test_cancel_after_grant_reached_loop_does_not_leak(lockfile: str,
+                                                        other: OtherProcess) -> None:
+    """A task cancelled after its lock was granted and handed to the loop, but before the task
+    itself resumed, does not leave the lock held (deterministic form of the race below)."""
+    other.lock()
+    lock = new_lock(lockfile)
+
+    async def main() -> str:
+        task = asyncio.ensure_future(lock.acquire_async())
+        await until(lambda: kernel_waiters(lockfile) > 0, "the acquire waits in the kernel")
+        other.unlock()
+        for thread in helper_threads():  # granted; the result is on its way to the loop
+            thread.join(BOUND)
+        await asyncio.sleep(0)  # the loop takes the result in; the task has not resumed yet
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            return "cancelled"
+        return "acquired"
+
+    outcome = asyncio.run(main())
+    leaked = outcome == "cancelled" and lock.locked
+    if lock.locked:
+        lock.release()
+    assert not leaked, "the task was cancelled but its lock stayed held, with nobody to release it"
+    assert probe(lockfile) == "free"
+
+
+async def _acquire_cancelled_at_release(lock: FileLock, lockfile: str, other: OtherProcess,
+                                        spin: int) -> str:
+    """One round: the other process holds; the task waits; the other process is told to
+    release and the task is cancelled `spin` loop turns later. "cancelled" or "acquired"."""
+    other.lock()
+    task = asyncio.ensure_future(lock.acquire_async())
+    await until(lambda: kernel_waiters(lockfile) > 0, "the acquire waits in the kernel")
+    other.send("unlock")
+    for _ in range(spin):
+        await asyncio.sleep(0)
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        outcome = "cancelled"
+    else:
+        outcome = "acquired"
+    other.reply()
+    return outcome
+
+
+def test_cancel_racing_release_never_leaks(lockfile: str, other: OtherProcess) -> None:
+    """Cancelling the task just as the other process releases, many times: once the wait has
+    wound down the lock is held only if the task got it, and in the end another process can
+    take it."""
+    lock = new_lock(lockfile)
+
+    async def main() -> Counter[str]:
+        outcomes: Counter[str] = Counter()
+        for i in range(RACE_ROUNDS):
+            outcome = await _acquire_cancelled_at_release(lock, lockfile, other, i % 20)
+            await settle()
+            outcomes[outcome] += 1
+            if outcome == "acquired":
+                assert lock.locked, f"round {i}: the acquire returned without the lock"
+                lock.release()
+            assert not lock.locked, f"round {i}: a cancelled acquire left the lock held"
+        return outcomes
+
+    try:
+        outcomes = asyncio.run(main())
+    finally:
+        if lock.locked:
+            lock.release()
+    print(f"race outcomes: {dict(outcomes)}")
+    assert probe(lockfile) == "free"
+
+
+def test_cancelled_acquire_leaves_object_free_at_once(lockfile: str,
+                                                      other: OtherProcess) -> None:
+    """Right after a cancelled acquire_async() has finished, even one cancelled just as the lock
+    was granted, the object holds nothing and may be acquired again (no "already held")."""
+    lock = new_lock(lockfile)
+
+    async def main() -> list[str]:
+        problems = []
+        for i in range(RACE_ROUNDS):
+            outcome = await _acquire_cancelled_at_release(lock, lockfile, other, i % 5)
+            if outcome == "cancelled" and lock.locked:
+                problems.append(f"round {i}: locked right after the cancelled acquire")
+            if outcome == "acquired":
+                lock.release()
+            try:
+                await asyncio.wait_for(lock.acquire_async(), BOUND)
+            except RuntimeError as exc:
+                problems.append(f"round {i}: acquiring again raised {exc!r}")
+            else:
+                lock.release()
+            await settle()
+            if lock.locked:
+                lock.release()
+            if problems:
+                break
+        return problems
+
+    problems = asyncio.run(main())
+    assert not problems, problems
+    assert probe(lockfile) == "free"
+
+
+def test_cancel_racing_release_then_loop_closes_never_leaks(lockfile: str,
+                                                            other: OtherProcess) -> None:
+    """Cancelling just as the other process releases, then leaving asyncio.run (the loop
+    closes): once latchwire's waiting thread is done, the lock is not left held."""
+    lock = new_lock(lockfile)
+
+    try:
+        for i in range(30):
+            outcome = asyncio.run(_acquire_cancelled_at_release(lock, lockfile, other, i % 5))
+            for thread in helper_threads():
+                thread.join(BOUND)
+            if outcome == "acquired":
+                assert lock.locked
+                lock.release()
+            assert not lock.locked, f"round {i}: the lock granted to a cancelled acquire leaked"
+    finally:
+        if lock.locked:
+            lock.release()
+    assert probe(lockfile) == "free"
+
+
+# ---------------------------------------------------------------------------
+# 5. Shared
+
+
+def test_async_shared_holders_coexist(lockfile: str) -> None:
+    """Two objects acquire shared asynchronously at once; other processes may share, not write."""
+    first, second = new_lock(lockfile), new_lock(lockfile)
+
+    async def main() -> None:
+        await first.acquire_async(shared=True)
+        await asyncio.wait_for(second.acquire_async(shared=True), BOUND)
+        assert first.mode == second.mode == "shared"
+        assert probe(lockfile, "sh") == "free"
+        assert probe(lockfile, "ex") == "busy"
+        first.release()
+        assert probe(lockfile, "ex") == "busy"
+        second.release()
+
+    asyncio.run(main())
+    assert probe(lockfile) == "free"
+
+
+def test_async_shared_joins_other_process_shared(lockfile: str, other: OtherProcess) -> None:
+    """A shared async acquire does not wait for another process's shared lock; exclusive does."""
+    other.lock("sh")
+    lock, writer = new_lock(lockfile), new_lock(lockfile)
+
+    async def main() -> None:
+        await asyncio.wait_for(lock.acquire_async(shared=True), BOUND)
+        assert lock.mode == "shared"
+        with pytest.raises(LockTimeout):
+            await writer.acquire_async(timeout=0.05)
+        lock.release()
+
+    asyncio.run(main())
+    assert not lock.locked and not writer.locked
