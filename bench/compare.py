@@ -50,7 +50,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field
 from functools import partial
 from multiprocessing.connection import Connection
@@ -70,7 +70,7 @@ F_OFD_SETLKW = getattr(fcntl, "F_OFD_SETLKW", 38)
 WRLCK = struct.pack("hhqqi", fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0)
 UNLCK = struct.pack("hhqqi", fcntl.F_UNLCK, os.SEEK_SET, 0, 0, 0)
 
-PEERS = ("filelock", "fasteners", "portalocker")
+PEERS = ("filelock", "fasteners", "portalocker", "oslo.concurrency")
 CONTENDING_PROCESSES = 4
 OUTSIDE_WORK = 200e-6  # seconds of busy-work between release and the next acquire
 BARRIER_TIMEOUT = 30.0
@@ -457,8 +457,219 @@ def filelock_part(s: Settings) -> list[Section]:
     return [filelock_uncontended(s), filelock_contended(s)]
 
 
+# ---------------------------------------------------------------------------
+# lockspace: acquire+release of names, one name and many
+
+MANY_NAMES = 10_000
+FLOOR_FILELOCK = "floor: FileLock"
+FLOOR_FCNTL = "floor: fcntl"
+FLOOR_OPEN = "floor: open+fcntl+close"
+FLOOR_CREATE = "floor: create+fcntl+unlink"
+LS_AUTO = "LockSpace (autocreate)"
+LS_PRE = "LockSpace autocreate=False"
+OSLO_LOCK = "oslo lockutils.lock(external=True)"
+OSLO_EXTERNAL = "oslo external_lock() per name"
+FILELOCK_PER_NAME = "filelock.FileLock per name"
+
+
+def round_robin(items: Sequence[T], acquire: Callable[[T], object],
+                release: Callable[[T], object]) -> Callable[[int], float]:
+    """run(n): n acquire(item)+release(item) pairs going round items; seconds.
+
+    The position carries over from one call to the next, so that every item is
+    used as often as every other over a run.
+    """
+    position = 0
+    count = len(items)
+
+    def run(n: int) -> float:
+        nonlocal position
+        i = position
+        start = time.perf_counter()
+        for _ in range(n):
+            item = items[i]
+            acquire(item)
+            release(item)
+            i += 1
+            if i == count:
+                i = 0
+        elapsed = time.perf_counter() - start
+        position = i
+        return elapsed
+    return run
+
+
+def with_round_robin(items: Sequence[T], enter: Callable[[T], AbstractContextManager[object]]
+                     ) -> Callable[[int], float]:
+    """round_robin() for a context manager: n ``with enter(item): pass``; seconds."""
+    position = 0
+    count = len(items)
+
+    def run(n: int) -> float:
+        nonlocal position
+        i = position
+        start = time.perf_counter()
+        for _ in range(n):
+            with enter(items[i]):
+                pass
+            i += 1
+            if i == count:
+                i = 0
+        elapsed = time.perf_counter() - start
+        position = i
+        return elapsed
+    return run
+
+
+def open_lock_close(path: str) -> None:
+    """The least any lock that opens its file per acquisition does: open, lock, unlock, close."""
+    fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    fcntl.fcntl(fd, F_OFD_SETLK, WRLCK)
+    fcntl.fcntl(fd, F_OFD_SETLK, UNLCK)
+    os.close(fd)
+
+
+def create_lock_unlink(path: str) -> None:
+    """The least an auto-created lease does: create, lock, unlink, unlock, close."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    fcntl.fcntl(fd, F_OFD_SETLK, WRLCK)
+    os.unlink(path)
+    fcntl.fcntl(fd, F_OFD_SETLK, UNLCK)
+    os.close(fd)
+
+
+def no_op(_: object) -> None:
+    pass
+
+
+def lockspace_contenders(workdir: Path, names: Sequence[str], stack: ExitStack,
+                         notes: list[str]) -> Iterator[Timed]:
+    """Each contender's acquire+release round the names.
+
+    The resource files are made once, with LockSpace.create(), in one directory
+    that every contender which needs existing files uses: the open+fcntl+close
+    floor, LockSpace autocreate=False, oslo (its lock_path) and filelock. None
+    of them holds anything between cycles, so they cannot get in each other's
+    way, and they all meet the same files in the same caches.
+    """
+    floor_file = workdir / "floor.lock"
+    fd = os.open(floor_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    stack.callback(os.close, fd)
+    yield Timed(FLOOR_FCNTL, "floor", python_floor_loop(fd))
+    lock = latchwire.FileLock(workdir / "filelock-floor.lock",
+                              lockfile=workdir / "filelock-floor.lock")
+    yield Timed(FLOOR_FILELOCK, "floor", pair_loop(lock.acquire, lock.release))
+
+    resources = workdir / "resources"
+    pre = latchwire.LockSpace(resources)
+    for name in names:
+        pre.create(name)
+    paths = [str(resources / name) for name in names]
+    yield Timed(FLOOR_OPEN, "floor", round_robin(paths, open_lock_close, no_op))
+    (workdir / "created").mkdir()
+    yield Timed(FLOOR_CREATE, "floor",
+                round_robin([str(workdir / "created" / n) for n in names],
+                            create_lock_unlink, no_op))
+
+    auto = latchwire.LockSpace(workdir / "lockspace")
+    yield Timed(LS_AUTO, "latchwire", round_robin(names, auto.acquire, auto.release))
+    yield Timed(LS_PRE, "latchwire",
+                round_robin(names, partial(pre.acquire, autocreate=False), pre.release))
+
+    if lockutils := optional_import("oslo_concurrency.lockutils", notes):
+        yield Timed(OSLO_LOCK, "peer", with_round_robin(
+            names, partial(lockutils.lock, external=True, lock_path=str(resources),
+                           do_log=False)))
+        external = [lockutils.external_lock(name, lock_path=str(resources)) for name in names]
+        yield Timed(OSLO_EXTERNAL, "peer",
+                    round_robin(external, type(external[0]).acquire,
+                                type(external[0]).release))
+    if filelock := optional_import("filelock", notes):
+        locks = [filelock.FileLock(path) for path in paths]
+        yield Timed(FILELOCK_PER_NAME, "peer",
+                    round_robin(locks, type(locks[0]).acquire, type(locks[0]).release))
+
+
+def compare_sentence(row: Row, peer: Row) -> str:
+    ratio = peer.median / row.median
+    if 0.95 < ratio < 1.05:
+        return f"{row.name} is about as fast as {peer.name} ({ratio:.2f}x)"
+    if ratio >= 1:
+        return f"{row.name} is {ratio:.1f}x faster than {peer.name}"
+    return f"{row.name} is {1 / ratio:.1f}x slower than {peer.name}"
+
+
+def lockspace_section(s: Settings, count: int) -> Section:
+    names = [f"res-{i:05d}" for i in range(count)]
+    workdir = s.workdir / f"lockspace-{count}"
+    workdir.mkdir()
+    notes: list[str] = []
+    with ExitStack() as stack:
+        contenders = list(lockspace_contenders(workdir, names, stack, notes))
+        if count > 1:  # a pass over every name first: files, dentries, objects all warm
+            for c in contenders:
+                c.run(count)
+        sizes = {c.name: calibrate(c.run, s.batch) for c in contenders}
+        samples = interleave(contenders, s.rounds,
+                             lambda c: c.run(sizes[c.name]) / sizes[c.name] * 1e6)
+    rows = [Row(c.name, c.role, per_op) for c, per_op in zip(contenders, samples, strict=True)]
+    for row in rows:
+        row.details["ops/s"] = 1e6 / row.median
+    floors = [r.name for r in rows if r.role == "floor"]
+    what = "one name" if count == 1 else f"{count:,} names, round-robin"
+    section = Section("lockspace", f"uncontended acquire+release, {what}", "µs/op", rows,
+                      floors, columns=["ops/s"], notes=notes)
+    lockspaces = [r for r in rows if r.role == "latchwire"]
+    for row in lockspaces:
+        ratios = ", ".join(f"{v:.2f}x the {f.removeprefix('floor: ')} floor"
+                           for f, v in section.ratios(row).items())
+        section.conclusions.append(f"{row.name}: {ratios}")
+    auto, pre = section.row(LS_AUTO), section.row(LS_PRE)
+    section.conclusions.append(
+        f"LockSpace adds {pre.median - section.row(FLOOR_OPEN).median:.1f} µs/op to "
+        f"open+fcntl+close (autocreate=False) and "
+        f"{auto.median - section.row(FLOOR_CREATE).median:.1f} µs/op to "
+        f"create+fcntl+unlink (autocreate)")
+    section.conclusions += [compare_sentence(lw, peer) for lw in lockspaces
+                            for peer in rows if peer.role == "peer"]
+    section.notes += [
+        "Floors: fcntl is F_OFD_SETLK lock+unlock on a descriptor kept open; FileLock is "
+        "latchwire.FileLock acquire()/release() on one file it keeps open; open+fcntl+close "
+        "opens an existing file per acquisition, as every per-name contender here does; "
+        "create+fcntl+unlink creates the file, locks it, unlinks it and closes it, as an "
+        "auto-created lease does.",
+        "LockSpace (autocreate) is the default acquire(name)/release(name): the file is "
+        "created on acquire and deleted on release, every cycle. LockSpace autocreate=False "
+        "locks resources made once with create(). Both use wait=False (LockSpace's "
+        "default); the peers' acquire blocks, which costs nothing extra uncontended.",
+        "oslo lockutils.lock(name, external=True, lock_path=DIR, do_log=False) takes an "
+        "in-process semaphore, makes a fasteners InterProcessLock, opens the file, "
+        "lockf()s it (classic POSIX lock), then unlocks and closes it. oslo external_lock() "
+        "per name is that InterProcessLock made once per name. filelock.FileLock per name "
+        "is one object per name made once (flock). The files are made up front, once, with "
+        "LockSpace.create(), and shared by every contender that locks existing files: none "
+        "but LockSpace (autocreate) and its floor creates a file while measured.",
+    ]
+    section.notes.append(
+        "Creating and unlinking a file costs what the filesystem and its journal make it: on "
+        "a disk filesystem it varies several-fold from run to run, so read LockSpace "
+        "(autocreate) against the create+fcntl+unlink floor measured beside it.")
+    if count > 1:
+        section.notes.append(
+            f"Names are taken round-robin, one acquire+release each; every contender made "
+            f"one warm-up pass over all {count:,} names before calibration.")
+    section.notes.append(
+        f"Batches of about {s.batch * 1e3:.0f} ms, {s.rounds} rounds, interleaved.")
+    return section
+
+
+def lockspace_part(s: Settings) -> list[Section]:
+    return [lockspace_section(s, 1), lockspace_section(s, MANY_NAMES)]
+
+
 PARTS: dict[str, Callable[[Settings], list[Section]]] = {
     "filelock": filelock_part,
+    "lockspace": lockspace_part,
 }
 
 

@@ -746,6 +746,16 @@ cdef class FileLock:
         self.create = create
         self.rec = _record_for(lockfile, create_mode)
 
+    @classmethod
+    def _canonical(cls, str lockfile, bint create=True):
+        """A FileLock on lockfile itself, a path already canonical (as a LockSpace
+        makes them): FileLock(lockfile, lockfile=lockfile) without its realpath calls."""
+        cdef FileLock lock = cls.__new__(cls)
+        lock.path = lock.lockfile = lockfile
+        lock.create = create
+        lock.rec = _record_for(lockfile, 0o600)
+        return lock
+
     def __repr__(self):
         state = _MODE_NAMES[self.hold] if self.locked else "unlocked"
         return f"<latchwire.FileLock {self.lockfile!r} {state}>"

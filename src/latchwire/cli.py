@@ -122,5 +122,10 @@ def _locks(args: argparse.Namespace) -> int:
         print(json.dumps([{"path": path, **h._asdict()} for path, h in rows], indent=2))
     else:
         for path, h in rows:
-            print(f"{path}\t{h.pid}\t{h.mode}\t{h.kind}\t{h.command}")
+            print(f"{path}\t{h.pid}\t{h.mode}\t{h.kind}\t{_printable(h.command)}")
     return 0 if rows else 1
+
+
+def _printable(text: str) -> str:
+    """text with control characters escaped, so that a holder stays on one line."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)

@@ -14,13 +14,14 @@ import hashlib
 import os
 import stat
 import threading
+import weakref
 from collections.abc import Generator, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, NamedTuple
 
 from latchwire import _core
-from latchwire.errors import LockBusy
+from latchwire.errors import LockBusy, LockCancelled
 
 __all__ = ["FileLock", "Holder", "Lease", "LockSpace", "file_holders", "resource_name"]
 
@@ -274,11 +275,17 @@ class LockSpace:
         self.directory: str | None = None
         if directory is not None:
             path = os.path.abspath(os.fspath(directory))
-            os.makedirs(path, mode=0o700, exist_ok=True)
+            if not os.path.islink(path):
+                os.makedirs(path, mode=0o700, exist_ok=True)
             if stat.S_ISLNK(os.lstat(path).st_mode):
                 raise OSError(errno.ELOOP, "lockspace directory is a symbolic link", path)
             head, tail = os.path.split(path)
             self.directory = os.path.join(os.path.realpath(head), tail)
+        self._forget()
+        _spaces.add(self)
+
+    def _forget(self) -> None:
+        """Start with an empty table (and, in a fork child, a table lock no thread holds)."""
         self._mutex = threading.Lock()
         self._table: dict[str, _Resource] = {}
 
@@ -306,13 +313,14 @@ class LockSpace:
         by another owner here or by another process raises LockBusy at once,
         unless ``wait``: then this waits (in the kernel, without polling), up to
         ``timeout`` seconds (LockTimeout). A shared request joins the shared
-        holders. A missing resource is created if ``autocreate``, and then
-        deleted on its last release; otherwise FileNotFoundError. RuntimeError
-        if owner already holds or awaits name.
+        holders. A missing resource is created if ``autocreate`` (and, in a
+        lockspace directory, deleted again on its last release); otherwise
+        FileNotFoundError. RuntimeError if owner already holds or awaits name.
         """
         owner = os.getpid() if owner is None else owner
-        path = self.path(name)
-        lock = FileLock(path, lockfile=path, create=autocreate)
+        if timeout is not None and not wait:
+            raise ValueError("a timeout needs wait=True")
+        lock = FileLock._canonical(self.path(name), autocreate)
         with self._mutex:
             res = self._table.setdefault(name, _Resource())
             if owner in res.holds or owner in res.waits:
@@ -320,7 +328,7 @@ class LockSpace:
             try:
                 if not wait:
                     if res.holds and not (shared and res.shared):
-                        raise LockBusy(f"held by {tuple(res.holds)}", path)
+                        raise LockBusy(f"held by {tuple(res.holds)}", lock.lockfile)
                     lock._acquire_detached(False, None, shared)
                     self._record(name, res, owner, lock, shared, autocreate)
                     return
@@ -337,10 +345,16 @@ class LockSpace:
             with self._mutex:
                 res = self._table[name]
                 del res.waits[owner]
+                if lock.locked and lock.cancel_generation != generation:
+                    # release_owner() came between the grant and this: the
+                    # owner is gone, so the grant is let go of at once.
+                    self._let_go(lock, not res.holds and self._deletes(autocreate))
                 if lock.locked:
                     self._record(name, res, owner, lock, shared, autocreate)
                 elif not res.holds and not res.waits:
                     del self._table[name]
+        if not lock.locked:
+            raise LockCancelled("the owner's leases were released while it waited", lock.path)
 
     @staticmethod
     def _record(name: str, res: _Resource, owner: Hashable, lock: FileLock, shared: bool,
@@ -354,7 +368,9 @@ class LockSpace:
     def release(self, name: str, owner: Hashable = None) -> None:
         """Release owner's hold on name; the last owner's release unlocks.
 
-        An auto-created resource is deleted by its last release here: unlinked
+        A resource of a lockspace directory acquired with ``autocreate`` is
+        deleted by its last release here (a ``LockSpace(None)`` never deletes
+        the files it locks): unlinked
         while still locked, then unlocked, so whoever is granted the old file
         next sees it gone and moves on to a new one. A shared one is deleted
         only if the last owner can upgrade without waiting (no other process
@@ -370,20 +386,31 @@ class LockSpace:
         lock = res.holds.get(owner) if res else None
         if res is None or lock is None:
             raise RuntimeError(f"{owner!r} does not hold {name!r}")
-        if len(res.holds) > 1 or not res.autocreate:
-            lock.release()
-        elif not res.shared:
-            lock.remove()
-        else:
-            try:
-                lock.upgrade(blocking=False)
-            except LockBusy:
-                lock.release()
-            else:
-                lock.remove()
+        self._let_go(lock, len(res.holds) == 1 and self._deletes(res.autocreate))
         del res.holds[owner]
         if not res.holds and not res.waits:
             del self._table[name]
+
+    def _deletes(self, autocreate: bool) -> bool:
+        """Whether a resource acquired with autocreate is deleted by its last release.
+
+        A LockSpace(None) locks the caller's own files: those are never deleted.
+        """
+        return autocreate and self.directory is not None
+
+    @staticmethod
+    def _let_go(lock: FileLock, delete: bool) -> None:
+        """Release lock; with delete, unlink its file first, while still holding it
+        exclusively (a shared hold is upgraded if that needs no wait, else kept)."""
+        if delete and lock.mode == "shared":
+            try:
+                lock.upgrade(blocking=False)
+            except LockBusy:
+                delete = False  # another process shares it: it is still in use
+        if delete:
+            lock.remove()
+        else:
+            lock.release()
 
     def release_owner(self, owner: Hashable) -> list[str]:
         """Release everything owner holds and cancel its waits; the names released."""
@@ -413,7 +440,7 @@ class LockSpace:
         with self._mutex:
             if name in self._table:
                 raise LockBusy("held in this lockspace", path)
-            lock = FileLock(path, lockfile=path, create=False)
+            lock = FileLock._canonical(path, create=False)
             lock.acquire(blocking=False)
             lock.remove()
 
@@ -453,11 +480,23 @@ class LockSpace:
             name, shared, owners = lease["name"], lease["shared"], lease["owners"]
             path = space.path(name)
             res = space._table[name] = _Resource(shared, lease["autocreate"])
-            first = FileLock(path, lockfile=path)
+            first = FileLock._canonical(path)
             first.adopt(fd, shared)
             res.holds[owners[0]] = first
             for owner in owners[1:]:
-                joined = FileLock(path, lockfile=path)
+                joined = FileLock._canonical(path)
                 joined._acquire_detached(False, None, True)
                 res.holds[owner] = joined
         return space
+
+
+_spaces: weakref.WeakSet[LockSpace] = weakref.WeakSet()
+
+
+def _forget_spaces_in_child() -> None:
+    """A fork child holds none of its parent's leases (nor its table lock)."""
+    for space in _spaces:
+        space._forget()
+
+
+os.register_at_fork(after_in_child=_forget_spaces_in_child)
