@@ -1,6 +1,7 @@
 """latchwire: locking and netlink for Linux system daemons, with a compiled core."""
 
-from latchwire._core import wake_signal
+from latchwire import lockorder
+from latchwire._core import Mutex, RWLock, wake_signal
 from latchwire.errors import (
     DumpInterrupted,
     LockBusy,
@@ -23,9 +24,12 @@ __all__ = [
     "LockOrderError",
     "LockSpace",
     "LockTimeout",
+    "Mutex",
     "NetlinkError",
     "Overrun",
     "ProtocolError",
+    "RWLock",
+    "lockorder",
     "resource_name",
     "wake_signal",
 ]

@@ -24,3 +24,9 @@ cdef extern from *:
     int lw_frame_lasti(PyFrameObject *frame)
     int PyCode_Addr2Line(PyCodeObject *code, int byte_offset)
     int PyErr_CheckSignals() except -1
+
+
+cdef extern from "Python.h":
+    ctypedef struct PyObject
+    # Borrowed: this thread's dict for extension modules' per-thread state.
+    PyObject *PyThreadState_GetDict()

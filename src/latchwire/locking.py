@@ -281,6 +281,8 @@ class LockSpace:
                 raise OSError(errno.ELOOP, "lockspace directory is a symbolic link", path)
             head, tail = os.path.split(path)
             self.directory = os.path.join(os.path.realpath(head), tail)
+        # The lock-order checker's class for every lease of this lockspace.
+        self._lockclass = f"LockSpace {self.directory}"
         self._forget()
         _spaces.add(self)
 
@@ -320,7 +322,7 @@ class LockSpace:
         owner = os.getpid() if owner is None else owner
         if timeout is not None and not wait:
             raise ValueError("a timeout needs wait=True")
-        lock = FileLock._canonical(self.path(name), autocreate)
+        lock = FileLock._canonical(self.path(name), autocreate, self._lockclass)
         with self._mutex:
             res = self._table.setdefault(name, _Resource())
             if owner in res.holds or owner in res.waits:
@@ -480,11 +482,11 @@ class LockSpace:
             name, shared, owners = lease["name"], lease["shared"], lease["owners"]
             path = space.path(name)
             res = space._table[name] = _Resource(shared, lease["autocreate"])
-            first = FileLock._canonical(path)
+            first = FileLock._canonical(path, True, space._lockclass)
             first.adopt(fd, shared)
             res.holds[owners[0]] = first
             for owner in owners[1:]:
-                joined = FileLock._canonical(path)
+                joined = FileLock._canonical(path, True, space._lockclass)
                 joined._acquire_detached(False, None, True)
                 res.holds[owner] = joined
         return space
