@@ -1,29 +1,78 @@
-"""Shared test policy.
+"""Shared test policy and fixtures.
 
-Tests that need root, network namespaces or another real-kernel facility ask
-for it through ``need()``: elsewhere they skip with the reason, but under
-``LATCHWIRE_REQUIRE_KERNEL=1`` (as CI sets) a missing facility is a failure.
+The helpers the test files share are in ``tests/helpers/lwtest.py``; this file
+puts that directory at the front of ``sys.path`` so that ``from lwtest import``
+works however pytest is started (``--import-mode=importlib``, no packages), and
+has pytest rewrite lwtest's asserts as it does the tests' own.
+
+Tests that need root or another real-kernel facility ask for it through
+``lwtest.need()``, which skips, or fails under ``LATCHWIRE_REQUIRE_KERNEL=1``.
 """
 
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
-REQUIRE_KERNEL = os.environ.get("LATCHWIRE_REQUIRE_KERNEL") == "1"
+HELPERS = str(Path(__file__).resolve().parent / "helpers")
+if HELPERS not in sys.path:
+    sys.path.insert(0, HELPERS)
+pytest.register_assert_rewrite("lwtest")
 
+from lwtest import Agent, OtherProcess, need  # noqa: E402
 
-def need(available: bool, reason: str) -> None:
-    """Skip (or, under LATCHWIRE_REQUIRE_KERNEL=1, fail) unless available."""
-    if available:
-        return
-    if REQUIRE_KERNEL:
-        pytest.fail(f"LATCHWIRE_REQUIRE_KERNEL=1 but {reason}")
-    pytest.skip(reason)
+from latchwire import _core  # noqa: E402
 
 
 @pytest.fixture
 def root() -> None:
     """The test needs to run as root."""
     need(os.geteuid() == 0, "this test needs root")
+
+
+@pytest.fixture
+def ofd_in_this_process() -> Iterator[None]:
+    """FileLocks and LockSpaces made in the test process (and its forked children) use
+    OFD locks even if the run has LATCHWIRE_LOCKS=posix: export() and adopt() need them,
+    and POSIX mode is tested through Agents. A test file opts in with
+    ``pytestmark = pytest.mark.usefixtures("ofd_in_this_process")``."""
+    posix = os.environ.get("LATCHWIRE_LOCKS") == "posix"
+    if posix:
+        _core._use_posix_locks(False)
+    yield
+    if posix:
+        _core._use_posix_locks(True)
+
+
+@pytest.fixture
+def agents() -> Iterator[Callable[..., Agent]]:
+    """Start Agents (arguments as Agent's); every one still running at the end is killed."""
+    started: list[Agent] = []
+
+    def start(*args: Any, **kwargs: Any) -> Agent:
+        agent = Agent(*args, **kwargs)
+        started.append(agent)
+        return agent
+
+    yield start
+    for agent in started:
+        agent.kill()
+
+
+@pytest.fixture
+def lockfile(tmp_path: Path) -> str:
+    """The path of a lock file (not created) in the test's own directory."""
+    return str(tmp_path / "app.lock")
+
+
+@pytest.fixture
+def other(lockfile: str) -> Iterator[OtherProcess]:
+    """An OtherProcess (plain fcntl) on lockfile, holding nothing yet; closed afterwards."""
+    proc = OtherProcess(lockfile)
+    yield proc
+    proc.close()

@@ -10,15 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from lwtest import LATCHWIRE
+from lwtest import run_cli as run
 
 from latchwire import FileLock
-
-LATCHWIRE = [sys.executable, "-m", "latchwire"]
-
-
-def run(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*LATCHWIRE, *args], capture_output=True, text=True,
-                          timeout=timeout, check=False)
 
 
 def test_lock_runs_command_holding_lock_and_returns_its_status(tmp_path: Path) -> None:

@@ -11,147 +11,22 @@ test rather than hanging it.
 from __future__ import annotations
 
 import asyncio
-import os
-import select
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
+from lwtest import BOUND, OtherProcess, kernel_waiters, new_lock
+from lwtest import fcntl_probe as probe
 
 from latchwire import FileLock, LockTimeout
 
-BOUND = 5.0  # the longest any handshake in these tests may take
-WATCHDOG = 15.0  # an idle other process drops its locks and exits after this long
 RACE_ROUNDS = 100
 
 # ---------------------------------------------------------------------------
-# Another process holding kernel locks (plain fcntl, not latchwire)
-
-_OTHER = r"""
-import fcntl, os, select, struct, sys, time
-
-path, watchdog = sys.argv[1], float(sys.argv[2])
-fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-types = {"ex": fcntl.F_WRLCK, "sh": fcntl.F_RDLCK}
-
-
-def setlock(ltype):
-    fcntl.fcntl(fd, fcntl.F_OFD_SETLK, struct.pack("hhqqi4x", ltype, 0, 0, 0, 0))
-
-
-def reply(text):
-    os.write(1, (text + "\n").encode())
-
-
-reply("ready")
-buf = b""
-while select.select([0], [], [], watchdog)[0]:
-    data = os.read(0, 4096)
-    if not data:
-        break
-    buf += data
-    while b"\n" in buf:
-        line, buf = buf.split(b"\n", 1)
-        cmd, _, arg = line.decode().partition(" ")
-        if cmd == "lock":
-            try:
-                setlock(types[arg])
-            except OSError:
-                reply("busy")
-            else:
-                reply("ok")
-        elif cmd == "unlock":
-            setlock(fcntl.F_UNLCK)
-            reply(repr(time.monotonic()))
-"""
-
-_PROBE = r"""
-import fcntl, os, struct, sys
-
-fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)
-ltype = fcntl.F_WRLCK if sys.argv[2] == "ex" else fcntl.F_RDLCK
-try:
-    fcntl.fcntl(fd, fcntl.F_OFD_SETLK, struct.pack("hhqqi4x", ltype, 0, 0, 0, 0))
-except OSError:
-    print("busy")
-else:
-    print("free")
-"""
-
-
-class OtherProcess:
-    """Another process that locks and unlocks one file when told to, over a pipe.
-
-    ``lock()`` and ``unlock()`` return once it has acted; ``send("unlock")`` then
-    ``reply()`` split an unlock so the caller can act while it happens.
-    """
-
-    def __init__(self, path: str) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", _OTHER, path, str(WATCHDOG)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0,
-        )
-        self._buf = b""
-        assert self.reply() == "ready"
-
-    def send(self, line: str) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(line.encode() + b"\n")
-
-    def reply(self, timeout: float = BOUND) -> str:
-        assert self.proc.stdout is not None
-        fd = self.proc.stdout.fileno()
-        deadline = time.monotonic() + timeout
-        while b"\n" not in self._buf:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([fd], [], [], left)[0]:
-                raise AssertionError("the other process did not answer in time")
-            data = os.read(fd, 4096)
-            if not data:
-                raise AssertionError("the other process exited")
-            self._buf += data
-        line, self._buf = self._buf.split(b"\n", 1)
-        return line.decode()
-
-    def lock(self, mode: str = "ex") -> None:
-        self.send(f"lock {mode}")
-        answer = self.reply()
-        assert answer == "ok", f"the other process could not lock ({answer})"
-
-    def unlock(self) -> float:
-        self.send("unlock")
-        return float(self.reply())
-
-    def close(self) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.close()
-        try:
-            self.proc.wait(BOUND)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-
-def probe(path: str, mode: str = "ex") -> str:
-    """"free" or "busy": whether a fresh process could take the lock in mode now."""
-    out = subprocess.run(
-        [sys.executable, "-c", _PROBE, path, mode],
-        capture_output=True, text=True, timeout=BOUND * 2, check=True,
-    )
-    return out.stdout.strip()
-
-
-def kernel_waiters(path: str) -> int:
-    """How many lock requests are blocked in the kernel on the file at path (/proc/locks)."""
-    st = os.stat(path)
-    key = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
-    with open("/proc/locks") as f:
-        return sum(1 for line in f if " -> " in line and line.split()[6] == key)
+# Waiting in the event loop
 
 
 async def until(condition: Callable[[], bool], what: str, timeout: float = BOUND) -> None:
@@ -175,26 +50,6 @@ async def settle() -> None:
 def helper_threads() -> list[threading.Thread]:
     """latchwire's acquire_async helper threads, found by the name it gives them."""
     return [t for t in threading.enumerate() if t.name.startswith("latchwire-wait")]
-
-
-# ---------------------------------------------------------------------------
-# Fixtures
-
-
-@pytest.fixture
-def lockfile(tmp_path: Any) -> str:
-    return str(tmp_path / "app.lock")
-
-
-@pytest.fixture
-def other(lockfile: str) -> Iterator[OtherProcess]:
-    proc = OtherProcess(lockfile)
-    yield proc
-    proc.close()
-
-
-def new_lock(lockfile: str) -> FileLock:
-    return FileLock(lockfile, lockfile=lockfile)
 
 
 # ---------------------------------------------------------------------------

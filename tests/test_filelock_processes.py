@@ -3,7 +3,7 @@
 The other parties are separate processes: children forked with
 multiprocessing's "fork" context (module-level helpers below) for the fork
 tests and the many-process loads, and fresh interpreters running
-``tests/helpers/lock_agent.py`` (the ``Agent`` class) where the process must
+``tests/helpers/lock_agent.py`` (``lwtest.Agent``) where the process must
 inherit nothing, or must import latchwire with ``LATCHWIRE_LOCKS=posix``.
 Processes meet through pipes, never through sleeps, and every wait is bounded
 by WAIT so that a bug fails the test instead of hanging it. Where a test must
@@ -16,32 +16,31 @@ from __future__ import annotations
 import errno
 import fcntl
 import gc
-import json
 import multiprocessing
 import os
-import select
 import shutil
 import signal
 import struct
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection
 from multiprocessing.synchronize import Event
 from pathlib import Path
 from typing import Any
 
 import pytest
+from lwtest import WAIT, Agent, join_all, wait_in_kernel
 
 from latchwire import FileLock, Holder, LockBusy, LockTimeout, _core
 from latchwire.locking import file_holders
 
-AGENT = Path(__file__).resolve().parent / "helpers" / "lock_agent.py"
-WAIT = 10.0  # the bound on any one wait for another process
+# FileLocks made here use OFD locks even if the run has LATCHWIRE_LOCKS=posix;
+# POSIX mode is tested through Agents.
+pytestmark = pytest.mark.usefixtures("ofd_in_this_process")
+
 CTX = multiprocessing.get_context("fork")
 NOBODY = 65534
 
@@ -55,109 +54,6 @@ def lockfile_of(path: Path) -> Path:
     return path.with_name(f".{path.name}.~lock~")
 
 
-class Agent:
-    """A fresh interpreter running lock_agent.py on one FileLock, driven over pipes."""
-
-    def __init__(self, path: Path, lockfile: Path | None = None, *, posix: bool = False) -> None:
-        env = {k: v for k, v in os.environ.items() if k != "LATCHWIRE_LOCKS"}
-        if posix:
-            env["LATCHWIRE_LOCKS"] = "posix"
-        self.argv = [sys.executable, str(AGENT), str(path)]
-        if lockfile is not None:
-            self.argv.append(str(lockfile))
-        self.proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     env=env, bufsize=0)
-        self.pid = self.proc.pid
-        self._buf = b""
-
-    def fileno(self) -> int:
-        """The agent's answers: readable once it has said something."""
-        assert self.proc.stdout is not None
-        return self.proc.stdout.fileno()
-
-    def send(self, op: str, **args: Any) -> None:
-        """Start a command without waiting for its answer."""
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps({"op": op, **args}).encode() + b"\n")
-
-    def reply(self, timeout: float = WAIT) -> dict[str, Any]:
-        """The answer to the oldest command not yet answered."""
-        deadline = time.monotonic() + timeout
-        while b"\n" not in self._buf:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([self], [], [], left)[0]:
-                raise AssertionError(f"agent {self.pid} gave no answer within {timeout} s")
-            chunk = os.read(self.fileno(), 65536)
-            if not chunk:
-                raise AssertionError(f"agent {self.pid} exited (status {self.proc.wait(WAIT)})")
-            self._buf += chunk
-        line, self._buf = self._buf.split(b"\n", 1)
-        answer: dict[str, Any] = json.loads(line)
-        return answer
-
-    def call(self, op: str, **args: Any) -> dict[str, Any]:
-        self.send(op, **args)
-        return self.reply()
-
-    def ok(self, op: str, **args: Any) -> Any:
-        """Run a command that must succeed; its result."""
-        answer = self.call(op, **args)
-        assert "error" not in answer, f"agent {self.pid}: {op}({args}) failed: {answer}"
-        return answer["result"]
-
-    def error(self, op: str, **args: Any) -> str:
-        """Run a command that must fail; the name of the exception it raised."""
-        answer = self.call(op, **args)
-        assert "error" in answer, f"agent {self.pid}: {op}({args}) did not fail: {answer}"
-        return str(answer["error"])
-
-    def state(self) -> dict[str, Any]:
-        """pid, locked, mode, kind and lockfile of the agent's FileLock."""
-        result: dict[str, Any] = self.ok("state")
-        return result
-
-    def close(self) -> int:
-        """Close its stdin (it exits, its locks with it); its exit status."""
-        assert self.proc.stdin is not None
-        self.proc.stdin.close()
-        return self.proc.wait(WAIT)
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(WAIT)
-        for stream in (self.proc.stdin, self.proc.stdout):
-            if stream is not None:
-                stream.close()
-
-
-@pytest.fixture(autouse=True)
-def ofd_in_this_process() -> Iterator[None]:
-    """FileLocks made in the test process (and its forked children) use OFD locks even
-    if the run has LATCHWIRE_LOCKS=posix; POSIX mode is tested through Agents."""
-    posix = os.environ.get("LATCHWIRE_LOCKS") == "posix"
-    if posix:
-        _core._use_posix_locks(False)
-    yield
-    if posix:
-        _core._use_posix_locks(True)
-
-
-@pytest.fixture
-def agents() -> Iterator[Callable[..., Agent]]:
-    """Start Agents; every one still running at the end of the test is killed."""
-    started: list[Agent] = []
-
-    def start(path: Path, lockfile: Path | None = None, *, posix: bool = False) -> Agent:
-        agent = Agent(path, lockfile, posix=posix)
-        started.append(agent)
-        return agent
-
-    yield start
-    for agent in started:
-        agent.kill()
-
-
 def probe(path: Path, lockfile: Path | None = None, *, shared: bool = False,
           posix: bool = False) -> str:
     """In a fresh process, ``acquire(blocking=False)``: "acquired" or the exception's name."""
@@ -167,42 +63,6 @@ def probe(path: Path, lockfile: Path | None = None, *, shared: bool = False,
         return "acquired" if answer.get("result") is True else str(answer.get("error", answer))
     finally:
         agent.kill()
-
-
-def inode_key(path: Path) -> str:
-    """How /proc/locks names path's inode: ``MAJOR:MINOR:INODE``."""
-    st = os.stat(path)
-    return f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
-
-
-def waiting_requests(lockfile: Path) -> int:
-    """How many lock requests wait in the kernel on lockfile's inode now."""
-    try:
-        key = inode_key(lockfile)
-    except FileNotFoundError:
-        return 0
-    with open("/proc/locks") as f:
-        table = [line.split() for line in f]
-    # "2: -> OFDLCK ADVISORY WRITE -1 fe:00:1234 0 EOF" is a request waiting.
-    return sum(1 for fields in table if fields[1:2] == ["->"] and fields[6:7] == [key])
-
-
-def wait_blocked(lockfile: Path, count: int, watch: Sequence[Agent | int]) -> None:
-    """Return once ``count`` requests wait in the kernel on lockfile.
-
-    The kernel gives no notice of that, so /proc/locks is read every 2 ms
-    until WAIT runs out; meanwhile ``watch`` (agents' answers, process
-    sentinels) is watched, and a process that answers or ends instead of
-    blocking fails the test at once.
-    """
-    deadline = time.monotonic() + WAIT
-    while (waiting := waiting_requests(lockfile)) < count:
-        ready = select.select(list(watch), [], [], 0.002)[0]
-        if ready:
-            said = [r.reply() if isinstance(r, Agent) else f"process ended ({r})" for r in ready]
-            pytest.fail(f"expected {count} waiters on {lockfile}, but instead: {said}")
-        if time.monotonic() > deadline:
-            pytest.fail(f"only {waiting} of {count} requests waiting on {lockfile} after {WAIT} s")
 
 
 def _report_to(conn: Connection, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
@@ -228,20 +88,6 @@ def run_forked(fn: Callable[..., Any], *args: Any) -> tuple[Any, ...]:
         if child.is_alive():
             child.kill()
             child.join(WAIT)
-
-
-def join_all(processes: Sequence[multiprocessing.process.BaseProcess], timeout: float) -> None:
-    """Join every process within timeout in all; kill and fail on a straggler."""
-    deadline = time.monotonic() + timeout
-    for proc in processes:
-        proc.join(max(0.0, deadline - time.monotonic()))
-    stragglers = [proc.pid for proc in processes if proc.is_alive()]
-    for proc in processes:
-        if proc.is_alive():
-            proc.kill()
-            proc.join(WAIT)
-    assert not stragglers, f"processes {stragglers} still running after {timeout} s"
-    assert [proc.exitcode for proc in processes] == [0] * len(processes)
 
 
 def ofd_lock_free(fd: int) -> bool:
@@ -415,7 +261,7 @@ def test_waiter_gets_lock_soon_after_holder_is_killed(
     assert holder.ok("acquire") is True
     waiter = agents(data)
     waiter.send("acquire", timeout=timeout)
-    wait_blocked(lockfile_of(data), 1, watch=[waiter])
+    wait_in_kernel(lockfile_of(data), 1, watch=[waiter])
     killed_at = time.monotonic()
     os.kill(holder.pid, signal.SIGKILL)
     granted = waiter.reply()
@@ -685,7 +531,7 @@ def test_remove_hands_over_to_waiters_without_two_holders(tmp_path: Path) -> Non
                                              writer)))
             workers[-1].start()
         writer.close()
-        wait_blocked(lockfile, 3, watch=[w.sentinel for w in workers])
+        wait_in_kernel(lockfile, 3, watch=[w.sentinel for w in workers])
         go.set()
         reports: list[dict[str, int]] = []
         deadline = time.monotonic() + 60
@@ -720,10 +566,10 @@ def test_shared_holders_coexist_and_exclusive_waits_for_the_last(
         [(a.pid, "shared"), (b.pid, "shared")])
 
     c.send("acquire")
-    wait_blocked(lockfile, 1, watch=[c])
+    wait_in_kernel(lockfile, 1, watch=[c])
     a.ok("release")
     # One shared holder left: c must still be waiting (it fails here if it answers).
-    wait_blocked(lockfile, 1, watch=[c])
+    wait_in_kernel(lockfile, 1, watch=[c])
     last_release = b.call("release")
     assert last_release.get("result") is None and "error" not in last_release, last_release
     granted = c.reply()
@@ -885,7 +731,7 @@ def test_upgrade_and_downgrade_between_processes(
         [(a.pid, "shared"), (b.pid, "shared")])
 
     a.send("upgrade")
-    wait_blocked(lockfile, 1, watch=[a])
+    wait_in_kernel(lockfile, 1, watch=[a])
     released = b.call("release")
     assert "error" not in released, released
     upgraded = a.reply()

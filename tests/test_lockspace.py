@@ -18,20 +18,30 @@ import hashlib
 import json
 import multiprocessing
 import os
-import platform
 import random
 import select
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from multiprocessing.synchronize import Event
 from pathlib import Path
 from typing import Any
 
 import pytest
+from lwtest import (
+    WAIT,
+    Agent,
+    Worker,
+    child_env,
+    join_all,
+    need,
+    run_cli,
+    wait_in_futex,
+    wait_in_kernel,
+)
 
 import latchwire
 from latchwire import (
@@ -41,241 +51,19 @@ from latchwire import (
     LockCancelled,
     LockSpace,
     LockTimeout,
-    _core,
     resource_name,
 )
-from tests.conftest import need
 
-WAIT = 10.0  # the bound on any one wait for another process or thread
+# Lockspaces made here use OFD locks even if the run has LATCHWIRE_LOCKS=posix:
+# export() and adopt() need them.
+pytestmark = pytest.mark.usefixtures("ofd_in_this_process")
+
 PROMPT = 0.5  # "at once": a busy answer, or a grant after the holder went away
 TIMEOUT_SLACK = 0.050  # a timed-out acquire returns within 50 ms after its timeout
 CTX = multiprocessing.get_context("fork")
-LATCHWIRE = [sys.executable, "-m", "latchwire"]
 
 # ---------------------------------------------------------------------------
-# Another process running a LockSpace
-
-_AGENT = r"""
-import json, sys, time
-from latchwire import FileLock, LockSpace
-
-space = LockSpace(sys.argv[1] or None)
-files = {}
-for line in sys.stdin:
-    command = json.loads(line)
-    op = command.pop("op")
-    t0 = time.monotonic()
-    try:
-        if op == "lockfile":  # FileLock(path, lockfile=path), not through the lockspace
-            lock = FileLock(command["path"], lockfile=command["path"])
-            result = lock.acquire(blocking=False, shared=command.get("shared", False))
-            files[command["path"]] = lock
-        elif op == "unlockfile":
-            result = files.pop(command["path"]).release()
-        else:
-            result = getattr(space, op)(**command)
-    except Exception as exc:
-        answer = {"error": type(exc).__name__, "message": str(exc)}
-    else:
-        answer = {"result": result}
-    answer.update(t0=t0, t1=time.monotonic())
-    sys.stdout.write(json.dumps(answer) + "\n")
-    sys.stdout.flush()
-"""
-
-
-class Agent:
-    """A fresh interpreter with ``LockSpace(directory)`` (None: ``LockSpace(None)``).
-
-    Each command is a LockSpace method and its keyword arguments, sent as one
-    JSON line; the answer is ``{"result": ...}`` or ``{"error": "LockBusy", ...}``,
-    with ``t0``/``t1``, ``time.monotonic()`` around the call (the clock is
-    system-wide). It exits when its stdin closes, its locks with it.
-    """
-
-    def __init__(self, directory: Path | None) -> None:
-        env = {k: v for k, v in os.environ.items() if k != "LATCHWIRE_LOCKS"}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", _AGENT, "" if directory is None else str(directory)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, bufsize=0)
-        self.pid = self.proc.pid
-        self._buf = b""
-
-    def fileno(self) -> int:
-        assert self.proc.stdout is not None
-        return self.proc.stdout.fileno()
-
-    def send(self, op: str, **args: Any) -> None:
-        """Start a command without waiting for its answer."""
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps({"op": op, **args}).encode() + b"\n")
-
-    def reply(self, timeout: float = WAIT) -> dict[str, Any]:
-        """The answer to the oldest command not yet answered."""
-        deadline = time.monotonic() + timeout
-        while b"\n" not in self._buf:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([self], [], [], left)[0]:
-                raise AssertionError(f"agent {self.pid} gave no answer within {timeout} s")
-            chunk = os.read(self.fileno(), 65536)
-            if not chunk:
-                raise AssertionError(f"agent {self.pid} exited (status {self.proc.wait(WAIT)})")
-            self._buf += chunk
-        line, self._buf = self._buf.split(b"\n", 1)
-        answer: dict[str, Any] = json.loads(line)
-        return answer
-
-    def call(self, op: str, **args: Any) -> dict[str, Any]:
-        self.send(op, **args)
-        return self.reply()
-
-    def ok(self, op: str, **args: Any) -> Any:
-        """Run a command that must succeed; its result."""
-        answer = self.call(op, **args)
-        assert "error" not in answer, f"agent {self.pid}: {op}({args}) failed: {answer}"
-        return answer["result"]
-
-    def error(self, op: str, **args: Any) -> str:
-        """Run a command that must fail; the name of the exception it raised."""
-        answer = self.call(op, **args)
-        assert "error" in answer, f"agent {self.pid}: {op}({args}) did not fail: {answer}"
-        return str(answer["error"])
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(WAIT)
-        for stream in (self.proc.stdin, self.proc.stdout):
-            if stream is not None:
-                stream.close()
-
-
-@pytest.fixture
-def agents() -> Iterator[Callable[[Path | None], Agent]]:
-    """Start Agents; every one still running at the end of the test is killed."""
-    started: list[Agent] = []
-
-    def start(directory: Path | None) -> Agent:
-        agent = Agent(directory)
-        started.append(agent)
-        return agent
-
-    yield start
-    for agent in started:
-        agent.kill()
-
-
-@pytest.fixture(autouse=True)
-def ofd_in_this_process() -> Iterator[None]:
-    """Lockspaces made in the test process (and its forked children) use OFD locks even if
-    the run has LATCHWIRE_LOCKS=posix: export() and adopt() need them."""
-    posix = os.environ.get("LATCHWIRE_LOCKS") == "posix"
-    if posix:
-        _core._use_posix_locks(False)
-    yield
-    if posix:
-        _core._use_posix_locks(True)
-
-
-# ---------------------------------------------------------------------------
-# Watching waiters, threads and forked children
-
-
-def poll_until(condition: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-    """Return once condition() holds (checked every 0.5 ms); fail after timeout."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting until {what}")
-        time.sleep(0.0005)
-
-
-def kernel_waiters(path: Path) -> int:
-    """How many lock requests wait in the kernel on the file at path (/proc/locks)."""
-    st = os.stat(path)
-    key = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
-    with open("/proc/locks") as f:
-        # "2: -> OFDLCK ADVISORY WRITE -1 fe:00:1234 0 EOF" is a request waiting.
-        return sum(1 for line in f if line.split()[1:2] == ["->"] and line.split()[6] == key)
-
-
-def wait_in_kernel(path: Path, watch: Sequence[Agent] = ()) -> None:
-    """Return once a request waits in the kernel on path; fail if an agent answers instead."""
-    deadline = time.monotonic() + WAIT
-    while kernel_waiters(path) < 1:
-        if watch and select.select(list(watch), [], [], 0.002)[0]:
-            pytest.fail(f"expected a waiter on {path}, but an agent answered: "
-                        f"{[a.reply() for a in watch]}")
-        if time.monotonic() > deadline:
-            pytest.fail(f"no request waiting on {path} after {WAIT} s")
-        if not watch:
-            time.sleep(0.0005)
-
-
-_FUTEX = {"x86_64": 202, "aarch64": 98}
-
-
-def in_futex_wait(tid: int) -> bool:
-    """Whether thread tid sleeps in futex(FUTEX_WAIT): latchwire's in-process record.
-
-    Python's own locks and conditions wait with FUTEX_WAIT_BITSET, so this singles
-    out the wait on a lock file's record.
-    """
-    nr = _FUTEX.get(platform.machine())
-    need(nr is not None, f"futex syscall number unknown on {platform.machine()}")
-    try:
-        with open(f"/proc/self/task/{tid}/syscall") as f:
-            fields = f.read().split()
-    except OSError:
-        return False
-    return len(fields) > 2 and fields[0] == str(nr) and int(fields[2], 16) & 0x7F == 0
-
-
-class Worker(threading.Thread):
-    """Run fn(*args) in a new thread; its result or exception, its tid, when it ended."""
-
-    def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
-        super().__init__(daemon=True)
-        self.fn, self.args = fn, args
-        self.result: Any = None
-        self.error: BaseException | None = None
-        self.tid = 0
-        self.started_ = threading.Event()
-        self.ended = 0.0
-
-    def run(self) -> None:
-        self.tid = threading.get_native_id()
-        self.started_.set()
-        try:
-            self.result = self.fn(*self.args)
-        except BaseException as exc:
-            self.error = exc
-        finally:
-            self.ended = time.monotonic()
-
-    def begin(self) -> Worker:
-        self.start()
-        assert self.started_.wait(WAIT)
-        return self
-
-    def finish(self) -> Worker:
-        self.join(WAIT)
-        assert not self.is_alive(), f"thread {self.tid} still running after {WAIT} s"
-        return self
-
-
-def join_all(processes: Sequence[multiprocessing.process.BaseProcess], timeout: float) -> None:
-    """Join every process within timeout in all; kill and fail on a straggler."""
-    deadline = time.monotonic() + timeout
-    for proc in processes:
-        proc.join(max(0.0, deadline - time.monotonic()))
-    stragglers = [proc.pid for proc in processes if proc.is_alive()]
-    for proc in processes:
-        if proc.is_alive():
-            proc.kill()
-            proc.join(WAIT)
-    assert not stragglers, f"processes {stragglers} still running after {timeout} s"
-    assert [proc.exitcode for proc in processes] == [0] * len(processes)
+# Helpers
 
 
 def receive(conn: Connection, what: str, timeout: float = WAIT) -> Any:
@@ -309,21 +97,16 @@ def leases(space: LockSpace) -> list[tuple[str, str, list[Any]]]:
                   for lease in space.held())
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*LATCHWIRE, *args], capture_output=True, text=True, timeout=20,
-                          check=False)
-
-
 # ---------------------------------------------------------------------------
 # 1. Two processes, one name
 
 
 def test_second_process_busy_at_once_then_gets_lease_after_kill_9(
-        tmp_path: Path, agents: Callable[[Path | None], Agent]) -> None:
+        tmp_path: Path, agents: Callable[..., Agent]) -> None:
     """The second process is told "busy" at once; once the first is killed with
     SIGKILL, its waiting acquire is granted promptly (the kernel dropped the lock)."""
     directory = tmp_path / "locks"
-    first, second = agents(directory), agents(directory)
+    first, second = agents(directory, space=True), agents(directory, space=True)
     assert first.ok("acquire", name="disk") is None
     asked = time.monotonic()
     answer = second.call("acquire", name="disk")
@@ -333,7 +116,7 @@ def test_second_process_busy_at_once_then_gets_lease_after_kill_9(
     assert answered - asked < PROMPT
 
     second.send("acquire", name="disk", wait=True, timeout=WAIT)
-    wait_in_kernel(directory / "disk", [second])
+    wait_in_kernel(directory / "disk", watch=[second])
     killed = time.monotonic()
     first.proc.kill()
     answer = second.reply()
@@ -352,7 +135,7 @@ def test_second_process_busy_at_once_then_gets_lease_after_kill_9(
 
 
 def test_busy_in_process_answers_at_once_without_opening_a_descriptor(
-        tmp_path: Path, agents: Callable[[Path | None], Agent]) -> None:
+        tmp_path: Path, agents: Callable[..., Agent]) -> None:
     space = LockSpace(tmp_path / "locks")
     space.acquire("disk", owner="A")
     try:
@@ -370,7 +153,7 @@ def test_busy_in_process_answers_at_once_without_opening_a_descriptor(
         assert elapsed < PROMPT
         assert space.held() == [Lease("disk", "exclusive", ("A",))]
         # A's lock is intact: another process is refused too.
-        other = agents(tmp_path / "locks")
+        other = agents(tmp_path / "locks", space=True)
         assert other.error("acquire", name="disk") == "LockBusy"
         assert other.error("acquire", name="disk", shared=True) == "LockBusy"
     finally:
@@ -383,7 +166,7 @@ def test_busy_in_process_answers_at_once_without_opening_a_descriptor(
 
 
 def test_shared_owners_in_threads_and_processes_and_release_owner(
-        tmp_path: Path, agents: Callable[[Path | None], Agent]) -> None:
+        tmp_path: Path, agents: Callable[..., Agent]) -> None:
     directory = tmp_path / "locks"
     space = LockSpace(directory)
     plan = {"x": [("disk", True), ("x-only", False)],
@@ -396,10 +179,10 @@ def test_shared_owners_in_threads_and_processes_and_release_owner(
         for name, shared in plan[owner]:
             space.acquire(name, owner=owner, shared=shared)
 
-    workers = [Worker(take, owner).begin() for owner in plan]
+    workers = [Worker(take, owner) for owner in plan]
     for worker in workers:
-        assert worker.finish().error is None, worker.error
-    sharer, rival = agents(directory), agents(directory)
+        assert worker.join(WAIT).error is None, worker.error
+    sharer, rival = agents(directory, space=True), agents(directory, space=True)
     assert sharer.ok("acquire", name="disk", shared=True) is None
     assert leases(space) == [("disk", "shared", ["x", "y", "z"]),
                              ("x-only", "exclusive", ["x"]),
@@ -582,7 +365,7 @@ def test_export_adopt_hands_leases_to_a_child_without_a_gap(tmp_path: Path) -> N
                 [sys.executable, "-c", _SUCCESSOR, json.dumps(description),
                  ",".join(map(str, fds))],
                 pass_fds=fds, stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0,
-                env={k: v for k, v in os.environ.items() if k != "LATCHWIRE_LOCKS"})
+                env=child_env())
         finally:
             for fd in fds:
                 os.close(fd)
@@ -614,7 +397,7 @@ def test_export_adopt_hands_leases_to_a_child_without_a_gap(tmp_path: Path) -> N
 
 
 def test_adopt_with_mismatched_descriptors_is_refused_and_takes_nothing(
-        tmp_path: Path, agents: Callable[[Path | None], Agent]) -> None:
+        tmp_path: Path, agents: Callable[..., Agent]) -> None:
     directory = tmp_path / "locks"
     space = LockSpace(directory)
     space.acquire("a")
@@ -628,7 +411,7 @@ def test_adopt_with_mismatched_descriptors_is_refused_and_takes_nothing(
             LockSpace.adopt(description, [*fds, extra])
         with pytest.raises(ValueError):
             LockSpace.adopt(description, [])
-        other = agents(directory)
+        other = agents(directory, space=True)
         assert other.error("acquire", name="a") == "LockBusy"  # still held through fds
         assert other.error("acquire", name="b") == "LockBusy"
         adopted = LockSpace.adopt(description, fds)
@@ -684,7 +467,7 @@ def test_directory_created_0700_and_symlinked_directory_refused(tmp_path: Path) 
 
 
 def test_lockspace_none_takes_absolute_paths_and_locks_them_directly(
-        tmp_path: Path, agents: Callable[[Path | None], Agent]) -> None:
+        tmp_path: Path, agents: Callable[..., Agent]) -> None:
     space = LockSpace(None)
     for name in ["disk.img", "./disk.img", "images/disk.img"]:
         with pytest.raises(ValueError):
@@ -693,7 +476,7 @@ def test_lockspace_none_takes_absolute_paths_and_locks_them_directly(
     image = tmp_path / "disk.img"
     image.write_bytes(b"image data")
     space.acquire(str(image))
-    other = agents(None)
+    other = agents(None, space=True)
     assert space.held() == [Lease(str(image), "exclusive", (os.getpid(),))]
     assert other.error("lockfile", path=str(image)) == "LockBusy"
     assert other.error("lockfile", path=str(image), shared=True) == "LockBusy"
@@ -720,9 +503,9 @@ def test_lockspace_none_release_keeps_the_file_it_locked(tmp_path: Path) -> None
 
 
 def test_wait_timeout_raises_lock_timeout_on_time(
-        tmp_path: Path, agents: Callable[[Path | None], Agent]) -> None:
+        tmp_path: Path, agents: Callable[..., Agent]) -> None:
     directory = tmp_path / "locks"
-    other = agents(directory)
+    other = agents(directory, space=True)
     assert other.ok("acquire", name="disk") is None
     space = LockSpace(directory)
     for shared in (False, True):
@@ -739,13 +522,11 @@ def test_wait_timeout_raises_lock_timeout_on_time(
 def test_wait_in_thread_is_granted_when_another_owner_here_releases(tmp_path: Path) -> None:
     space = LockSpace(tmp_path / "locks")
     space.acquire("disk", owner="A")
-    waiter = Worker(lambda: space.acquire("disk", owner="B", wait=True, timeout=WAIT)).begin()
-    poll_until(lambda: in_futex_wait(waiter.tid) or not waiter.is_alive(),
-               "the waiter sleeps on the in-process record")
-    assert waiter.is_alive(), f"the waiter did not wait: {waiter.error!r}"
+    waiter = Worker(lambda: space.acquire("disk", owner="B", wait=True, timeout=WAIT))
+    wait_in_futex(waiter, WAIT)
     released = time.monotonic()
     space.release("disk", owner="A")
-    assert waiter.finish().error is None, waiter.error
+    assert waiter.join(WAIT).error is None, waiter.error
     latency = waiter.ended - released
     print(f"\nin-process wait granted {latency * 1e3:.2f} ms after the release")
     assert latency < 0.1
@@ -756,25 +537,24 @@ def test_wait_in_thread_is_granted_when_another_owner_here_releases(tmp_path: Pa
 
 @pytest.mark.parametrize("holder", ["other process", "other owner here"])
 def test_release_owner_cancels_a_waiting_acquire(
-        tmp_path: Path, agents: Callable[[Path | None], Agent], holder: str) -> None:
+        tmp_path: Path, agents: Callable[..., Agent], holder: str) -> None:
     directory = tmp_path / "locks"
     space = LockSpace(directory)
-    other = agents(directory)
+    other = agents(directory, space=True)
     if holder == "other process":
         assert other.ok("acquire", name="disk") is None
     else:
         space.acquire("disk", owner="A")
     space.acquire("other", owner="W")
-    waiter = Worker(lambda: space.acquire("disk", owner="W", wait=True, timeout=WAIT)).begin()
+    waiter = Worker(lambda: space.acquire("disk", owner="W", wait=True, timeout=WAIT))
     if holder == "other process":
         wait_in_kernel(directory / "disk")
     else:
-        poll_until(lambda: in_futex_wait(waiter.tid) or not waiter.is_alive(),
-                   "the waiter sleeps on the in-process record")
-    assert waiter.is_alive(), f"the waiter did not wait: {waiter.error!r}"
+        wait_in_futex(waiter, WAIT)
+    assert not waiter.done.is_set(), f"the waiter did not wait: {waiter.error!r}"
     cancelled = time.monotonic()
     assert space.release_owner("W") == ["other"]
-    assert isinstance(waiter.finish().error, LockCancelled), waiter.error
+    assert isinstance(waiter.join(WAIT).error, LockCancelled), waiter.error
     assert waiter.ended - cancelled < 0.1
     expected = [] if holder == "other process" else [Lease("disk", "exclusive", ("A",))]
     assert space.held() == expected
@@ -792,7 +572,7 @@ def test_release_owner_cancels_a_waiting_acquire(
 
 @pytest.mark.parametrize("moment", ["before the kernel wait", "after the grant"])
 def test_release_owner_during_a_wait_leaves_the_owner_nothing(
-        tmp_path: Path, agents: Callable[[Path | None], Agent],
+        tmp_path: Path, agents: Callable[..., Agent],
         monkeypatch: pytest.MonkeyPatch, moment: str) -> None:
     """release_owner(W) while W's acquire(wait=True) is between its steps.
 
@@ -803,7 +583,7 @@ def test_release_owner_during_a_wait_leaves_the_owner_nothing(
     must hold nothing, and the acquire must end with LockCancelled.
     """
     directory = tmp_path / "locks"
-    other = agents(directory)
+    other = agents(directory, space=True)
     assert other.ok("acquire", name="disk") is None
     paused, resume = threading.Event(), threading.Event()
 
@@ -821,7 +601,7 @@ def test_release_owner_during_a_wait_leaves_the_owner_nothing(
 
     monkeypatch.setattr(latchwire.locking, "FileLock", PausingFileLock)
     space = LockSpace(directory)
-    waiter = Worker(lambda: space.acquire("disk", owner="W", wait=True, timeout=2)).begin()
+    waiter = Worker(lambda: space.acquire("disk", owner="W", wait=True, timeout=2))
     if moment == "after the grant":
         wait_in_kernel(directory / "disk")
         assert other.ok("release", name="disk") is None
@@ -830,7 +610,7 @@ def test_release_owner_during_a_wait_leaves_the_owner_nothing(
         assert space.release_owner("W") == []
     finally:
         resume.set()
-        waiter.finish()
+        waiter.join(WAIT)
     left = space.held()
     space.release_owner("W")
     assert left == [], "W holds a lease after release_owner(W) returned"
@@ -841,7 +621,7 @@ def test_release_owner_during_a_wait_leaves_the_owner_nothing(
 # 8. create / delete
 
 
-def test_create_and_delete(tmp_path: Path, agents: Callable[[Path | None], Agent]) -> None:
+def test_create_and_delete(tmp_path: Path, agents: Callable[..., Agent]) -> None:
     directory = tmp_path / "locks"
     space = LockSpace(directory)
     resource = directory / "vm.lock"
@@ -860,7 +640,7 @@ def test_create_and_delete(tmp_path: Path, agents: Callable[[Path | None], Agent
     space.release("vm.lock", owner="A")
     assert resource.exists(), "a resource acquired with autocreate=False was deleted"
 
-    other = agents(directory)
+    other = agents(directory, space=True)
     assert other.ok("acquire", name="vm.lock", autocreate=False) is None
     with pytest.raises(LockBusy):
         space.delete("vm.lock")
@@ -885,7 +665,7 @@ def test_create_and_delete(tmp_path: Path, agents: Callable[[Path | None], Agent
 
 
 def test_auto_created_shared_resource_deleted_by_last_owner_only(
-        tmp_path: Path, agents: Callable[[Path | None], Agent]) -> None:
+        tmp_path: Path, agents: Callable[..., Agent]) -> None:
     directory = tmp_path / "locks"
     space = LockSpace(directory)
     resource = directory / "disk"
@@ -897,7 +677,7 @@ def test_auto_created_shared_resource_deleted_by_last_owner_only(
     space.release("disk", owner="B")
     assert not resource.exists()
 
-    other = agents(directory)
+    other = agents(directory, space=True)
     assert other.ok("acquire", name="disk", shared=True) is None
     space.acquire("disk", owner="A", shared=True)
     space.acquire("disk", owner="B", shared=True)
@@ -917,17 +697,17 @@ def test_auto_created_shared_resource_deleted_by_last_owner_only(
 
 
 def test_cli_locks_lists_a_lockspace_holder(
-        tmp_path: Path, agents: Callable[[Path | None], Agent]) -> None:
+        tmp_path: Path, agents: Callable[..., Agent]) -> None:
     directory = tmp_path / "locks"
     space = LockSpace(directory)
     space.create("idle")  # a resource nobody holds: not listed
-    holder = agents(directory)
+    holder = agents(directory, space=True)
     assert holder.ok("acquire", name="disk") is None
     assert holder.ok("acquire", name="iso", shared=True) is None
     listed = run_cli("locks", str(directory))
     assert listed.returncode == 0, listed.stderr
-    # The agent's command line (python -c SCRIPT) spans lines: rows are the lines
-    # that start with a path in the directory.
+    # Rows are the lines that start with a path in the directory (a command line
+    # with newlines in it would span lines; see the next test).
     rows = [line.split("\t") for line in listed.stdout.splitlines()
             if line.startswith(f"{directory}/")]
     assert [row[:4] for row in rows] == [
@@ -952,7 +732,7 @@ def test_cli_locks_text_is_one_line_per_holder(tmp_path: Path) -> None:
               "os.write(1, b'x')\nsys.stdin.read()\n")
     holder = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, bufsize=0,
-                              env={k: v for k, v in os.environ.items() if k != "LATCHWIRE_LOCKS"})
+                              env=child_env())
     try:
         assert holder.stdout is not None and read_byte(holder.stdout) == b"x"
         listed = run_cli("locks", str(directory))

@@ -13,6 +13,7 @@ from latchwire.errors import (
     ProtocolError,
 )
 from latchwire.locking import FileLock, Holder, Lease, LockSpace, resource_name
+from latchwire.objects import Lockable, ObjectList
 
 __all__ = [
     "DumpInterrupted",
@@ -24,8 +25,10 @@ __all__ = [
     "LockOrderError",
     "LockSpace",
     "LockTimeout",
+    "Lockable",
     "Mutex",
     "NetlinkError",
+    "ObjectList",
     "Overrun",
     "ProtocolError",
     "RWLock",

@@ -12,16 +12,24 @@ cdef bint lw_lockdep = False
 cdef object _ld_new_edge = None         # lockorder._new_edge(held, cls, site)
 cdef object _ld_class_id = None         # lockorder._class_id(key) -> int
 cdef object _ld_recursive_read = None   # lockorder._recursive_read(held, site)
+cdef object _ld_nested = None           # lockorder._nested(held, site)
 cdef set _ld_seen = set()               # held class << 32 | new class, for pairs checked
+cdef set _ld_unnestable = set()         # classes of which a thread may hold one lock at a time
 cdef str _LD_KEY = "latchwire.lockorder.held"
 
 
-def _lockdep_enable(bint on, new_edge=None, class_id=None, recursive_read=None):
+def _lockdep_enable(bint on, new_edge=None, class_id=None, recursive_read=None, nested=None):
     """Turn the checker's fast path on (with lockorder's callbacks) or off."""
-    global lw_lockdep, _ld_new_edge, _ld_class_id, _ld_recursive_read
+    global lw_lockdep, _ld_new_edge, _ld_class_id, _ld_recursive_read, _ld_nested
     if on:
-        _ld_new_edge, _ld_class_id, _ld_recursive_read = new_edge, class_id, recursive_read
+        _ld_new_edge, _ld_class_id = new_edge, class_id
+        _ld_recursive_read, _ld_nested = recursive_read, nested
     lw_lockdep = on
+
+
+def _lockdep_unnestable(int cls):
+    """Report a thread taking a lock of class cls while it holds another of it."""
+    _ld_unnestable.add(cls)
 
 
 def lockdep_enabled():
@@ -86,6 +94,9 @@ cdef int _ld_check(object lock, int cls, bint read, bint recursive_read_hazard) 
                 _ld_recursive_read(held, _format_site(code, lasti))
             continue
         if held.cls == cls:
+            if cls in _ld_unnestable:
+                code = _caller_code(&lasti)
+                _ld_nested(held, _format_site(code, lasti))
             continue
         pair = (<long long>held.cls << 32) | cls
         if pair in _ld_seen:

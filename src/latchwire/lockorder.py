@@ -33,7 +33,7 @@ from latchwire import _core
 from latchwire.errors import LockOrderError
 
 __all__ = ["Order", "assert_held", "assert_none_held", "disable", "enable", "enabled",
-           "held", "orders", "reset"]
+           "forbid_nesting", "held", "orders", "reset"]
 
 
 class _Held(Protocol):
@@ -71,7 +71,7 @@ _orders: dict[int, dict[int, Order]] = {}  # first class -> then class -> first 
 
 def enable() -> None:
     """Turn the checker on for acquisitions from now on."""
-    _core._lockdep_enable(True, _new_edge, _class_id, _recursive_read)
+    _core._lockdep_enable(True, _new_edge, _class_id, _recursive_read, _nested)
 
 
 def disable() -> None:
@@ -117,6 +117,16 @@ def assert_none_held() -> None:
     if taken:
         raise AssertionError("this thread holds " + ", ".join(
             f"{lock!r} (taken at {site})" for lock, _, site in taken))
+
+
+def forbid_nesting(lockclass: str) -> None:
+    """Report a thread taking a lock of lockclass while it holds another of that class.
+
+    Locks of one class are otherwise free to nest (in an order the checker
+    cannot see); for classes whose locks must never nest, such as the objects
+    of an ObjectList, the first nesting is reported as LockOrderError.
+    """
+    _core._lockdep_unnestable(_class_id(lockclass))
 
 
 def _class_id(key: str) -> int:
@@ -170,6 +180,15 @@ def _new_edge(held: _Held, cls: int, site: str) -> None:
         f"  cycle: {names}\n"
         f"  now:  {order}\n"
         + "".join(f"  seen: {s}\n" for s in seen))
+
+
+def _nested(held: _Held, site: str) -> None:
+    """The calling thread takes a second lock of an unnestable class (called by the core)."""
+    name = _class_names[held.cls]
+    raise LockOrderError(
+        f"nested {name!r}: thread {threading.current_thread().name!r} takes a {name!r} lock at "
+        f"{site} while it holds another ({held.lock!r}, taken at {held.site}); two threads "
+        "doing this in opposite orders deadlock")
 
 
 def _recursive_read(held: _Held, site: str) -> None:

@@ -1,13 +1,21 @@
 """A separate process that takes file locks on command, for the process tests.
 
     python lock_agent.py PATH [LOCKFILE]
+    python lock_agent.py --space [DIRECTORY]
 
-makes ``FileLock(PATH, lockfile=LOCKFILE)`` and then reads one JSON command a
-line on stdin and answers each with one JSON line on stdout::
+The first form makes ``FileLock(PATH, lockfile=LOCKFILE)``; the second makes
+``LockSpace(DIRECTORY)`` (``LockSpace(None)`` without DIRECTORY). The agent then
+reads one JSON command a line on stdin and answers each with one JSON line on
+stdout::
 
     {"op": "acquire", "blocking": true, "timeout": null, "shared": false}
     -> {"result": true, "t0": ..., "t1": ...}
     -> {"error": "LockBusy", "errno": 11, "message": "...", "t0": ..., "t1": ...}
+
+A FileLock agent's commands are in ``filelock_ops`` below. A LockSpace agent's
+are the LockSpace's methods, called by name with the command's other keys as
+keyword arguments, and ``lockfile``/``unlockfile`` (a FileLock of a path locking
+the path itself, not through the lockspace).
 
 ``t0``/``t1`` are ``time.monotonic()`` when the command started and ended (the
 clock is system-wide, so they compare with the test's own readings). The agent
@@ -29,12 +37,11 @@ from collections.abc import Callable
 from typing import Any
 
 import latchwire
-from latchwire import FileLock
+from latchwire import FileLock, LockSpace
 
 
-def main() -> None:
-    path = sys.argv[1]
-    lockfile = sys.argv[2] if len(sys.argv) > 2 else None
+def filelock_ops(path: str, lockfile: str | None) -> Callable[[str], Callable[..., Any]]:
+    """The commands of an agent holding ``FileLock(path, lockfile=lockfile)``."""
     lock = FileLock(path, lockfile=lockfile)
     lockf_fds: list[int] = []
 
@@ -99,6 +106,35 @@ def main() -> None:
         "lockf": lockf,
         "unlockf": unlockf,
     }
+    return ops.__getitem__
+
+
+def lockspace_ops(directory: str | None) -> Callable[[str], Callable[..., Any]]:
+    """The commands of an agent with ``LockSpace(directory)``."""
+    space = LockSpace(directory)
+    files: dict[str, FileLock] = {}
+
+    def lockfile(path: str, shared: bool = False) -> bool:
+        """FileLock(path, lockfile=path), not through the lockspace, without waiting."""
+        lock = FileLock(path, lockfile=path)
+        result = lock.acquire(blocking=False, shared=shared)
+        files[path] = lock
+        return result
+
+    def unlockfile(path: str) -> None:
+        """Release what lockfile(path) took."""
+        files.pop(path).release()
+
+    extra: dict[str, Callable[..., Any]] = {"lockfile": lockfile, "unlockfile": unlockfile}
+    return lambda op: extra[op] if op in extra else getattr(space, op)
+
+
+def main() -> None:
+    """Make the lock the command line asks for, then answer commands until stdin closes."""
+    if sys.argv[1] == "--space":
+        op_named = lockspace_ops(sys.argv[2] if len(sys.argv) > 2 else None)
+    else:
+        op_named = filelock_ops(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else None)
     while True:
         line = sys.stdin.buffer.readline()
         if not line:
@@ -107,7 +143,7 @@ def main() -> None:
         op = command.pop("op")
         t0 = time.monotonic()
         try:
-            reply: dict[str, Any] = {"result": ops[op](**command)}
+            reply: dict[str, Any] = {"result": op_named(op)(**command)}
         except Exception as exc:
             reply = {"error": type(exc).__name__, "errno": getattr(exc, "errno", None),
                      "message": str(exc)}

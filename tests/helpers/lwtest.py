@@ -1,0 +1,451 @@
+"""Helpers shared by latchwire's test files.
+
+``tests/conftest.py`` puts this directory at the front of ``sys.path`` (and has
+pytest rewrite the asserts here), so a test file does ``from lwtest import ...``
+whether pytest is started from the repository or from anywhere else. The
+fixtures built on these helpers are in ``tests/conftest.py``.
+
+The other parties the tests meet:
+
+- ``Agent``: a fresh interpreter running ``lock_agent.py`` (a FileLock or a
+  LockSpace, on JSON commands), for tests about latchwire in another process;
+- ``OtherProcess``: a small script holding OFD locks with plain ``fcntl``, an
+  oracle independent of latchwire, with ``fcntl_probe`` for a one-off look;
+- ``Worker``: a thread running one call, for tests about waits in this process.
+
+Whether a waiter is blocked is observed in the kernel, never guessed from a
+sleep: a ``->`` line in /proc/locks for a kernel wait (``kernel_waiters``,
+``wait_in_kernel``), the thread sitting in ``futex(FUTEX_WAIT)`` for a wait on
+latchwire's in-process record (``in_futex_wait``, ``wait_in_futex``). Every
+wait is bounded, so a bug fails a test instead of hanging it.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import platform
+import select
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from latchwire import FileLock
+
+AGENT = Path(__file__).resolve().parent / "lock_agent.py"
+WAIT = 10.0  # the bound on any one wait for another process (Agents, forked children)
+BOUND = 5.0  # the bound on a handshake with a Worker thread or an OtherProcess
+WATCHDOG = 15.0  # an idle OtherProcess drops its locks and exits after this long
+LATCHWIRE = [sys.executable, "-m", "latchwire"]
+REQUIRE_KERNEL = os.environ.get("LATCHWIRE_REQUIRE_KERNEL") == "1"
+
+
+# ---------------------------------------------------------------------------
+# Test policy
+
+
+def need(available: bool, reason: str) -> None:
+    """Skip (or, under LATCHWIRE_REQUIRE_KERNEL=1, fail) unless available.
+
+    Tests that need root, network namespaces or another real-kernel facility ask
+    for it through ``need()``: elsewhere they skip with the reason, but under
+    ``LATCHWIRE_REQUIRE_KERNEL=1`` (as CI sets) a missing facility is a failure.
+    """
+    if available:
+        return
+    if REQUIRE_KERNEL:
+        pytest.fail(f"LATCHWIRE_REQUIRE_KERNEL=1 but {reason}")
+    pytest.skip(reason)
+
+
+def new_lock(lockfile: str) -> FileLock:
+    """A FileLock that locks the file lockfile itself."""
+    return FileLock(lockfile, lockfile=lockfile)
+
+
+def child_env() -> dict[str, str]:
+    """os.environ without LATCHWIRE_LOCKS: a child started with it picks its lock kind itself."""
+    return {k: v for k, v in os.environ.items() if k != "LATCHWIRE_LOCKS"}
+
+
+def run_cli(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m latchwire ARGS`` as a user runs it; its status and output."""
+    return subprocess.run([*LATCHWIRE, *args], capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+# ---------------------------------------------------------------------------
+# Agent: latchwire in a fresh interpreter
+
+
+class Agent:
+    """A fresh interpreter running lock_agent.py, driven over pipes.
+
+    ``Agent(path, lockfile)`` holds ``FileLock(path, lockfile=lockfile)``;
+    ``Agent(directory, space=True)`` holds ``LockSpace(directory)`` (None:
+    ``LockSpace(None)``). Each command is one JSON line (see lock_agent.py); the
+    answer is ``{"result": ...}`` or ``{"error": "LockBusy", ...}``, with
+    ``t0``/``t1``, ``time.monotonic()`` around the call (the clock is
+    system-wide). The agent imports latchwire with LATCHWIRE_LOCKS unset, or set
+    to ``posix`` with ``posix=True``. It exits when its stdin closes, its locks
+    with it.
+    """
+
+    def __init__(self, path: Path | None, lockfile: Path | None = None, *,
+                 space: bool = False, posix: bool = False) -> None:
+        env = child_env()
+        if posix:
+            env["LATCHWIRE_LOCKS"] = "posix"
+        self.argv = [sys.executable, str(AGENT)]
+        if space:
+            self.argv.append("--space")
+        elif path is None:
+            raise ValueError("a FileLock agent needs a path")
+        self.argv += [str(p) for p in (path, lockfile) if p is not None]
+        self.proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     env=env, bufsize=0)
+        self.pid = self.proc.pid
+        self._buf = b""
+
+    def fileno(self) -> int:
+        """The agent's answers: readable once it has said something."""
+        assert self.proc.stdout is not None
+        return self.proc.stdout.fileno()
+
+    def send(self, op: str, **args: Any) -> None:
+        """Start a command without waiting for its answer."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps({"op": op, **args}).encode() + b"\n")
+
+    def reply(self, timeout: float = WAIT) -> dict[str, Any]:
+        """The answer to the oldest command not yet answered."""
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._buf:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self], [], [], left)[0]:
+                raise AssertionError(f"agent {self.pid} gave no answer within {timeout} s")
+            chunk = os.read(self.fileno(), 65536)
+            if not chunk:
+                raise AssertionError(f"agent {self.pid} exited (status {self.proc.wait(WAIT)})")
+            self._buf += chunk
+        line, self._buf = self._buf.split(b"\n", 1)
+        answer: dict[str, Any] = json.loads(line)
+        return answer
+
+    def call(self, op: str, **args: Any) -> dict[str, Any]:
+        """Run a command; its answer, whether it succeeded or failed."""
+        self.send(op, **args)
+        return self.reply()
+
+    def ok(self, op: str, **args: Any) -> Any:
+        """Run a command that must succeed; its result."""
+        answer = self.call(op, **args)
+        assert "error" not in answer, f"agent {self.pid}: {op}({args}) failed: {answer}"
+        return answer["result"]
+
+    def error(self, op: str, **args: Any) -> str:
+        """Run a command that must fail; the name of the exception it raised."""
+        answer = self.call(op, **args)
+        assert "error" in answer, f"agent {self.pid}: {op}({args}) did not fail: {answer}"
+        return str(answer["error"])
+
+    def state(self) -> dict[str, Any]:
+        """pid, locked, mode, kind and lockfile of a FileLock agent's lock."""
+        result: dict[str, Any] = self.ok("state")
+        return result
+
+    def close(self) -> int:
+        """Close its stdin (it exits, its locks with it); its exit status."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        return self.proc.wait(WAIT)
+
+    def kill(self) -> None:
+        """Kill it if it still runs, reap it and close the pipes."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(WAIT)
+        for stream in (self.proc.stdin, self.proc.stdout):
+            if stream is not None:
+                stream.close()
+
+
+# ---------------------------------------------------------------------------
+# OtherProcess: OFD locks with plain fcntl, not latchwire
+
+_OTHER = r"""
+import fcntl, os, select, struct, sys, time
+
+path, watchdog = sys.argv[1], float(sys.argv[2])
+fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+types = {"ex": fcntl.F_WRLCK, "sh": fcntl.F_RDLCK}
+
+
+def setlock(ltype):
+    fcntl.fcntl(fd, fcntl.F_OFD_SETLK, struct.pack("hhqqi4x", ltype, 0, 0, 0, 0))
+
+
+def reply(text):
+    os.write(1, (text + "\n").encode())
+
+
+reply("ready")
+buf = b""
+while select.select([0], [], [], watchdog)[0]:
+    data = os.read(0, 4096)
+    if not data:
+        break
+    buf += data
+    while b"\n" in buf:
+        line, buf = buf.split(b"\n", 1)
+        cmd, _, arg = line.decode().partition(" ")
+        if cmd == "lock":
+            try:
+                setlock(types[arg])
+            except OSError:
+                reply("busy")
+            else:
+                reply("ok")
+        elif cmd == "unlock":
+            setlock(fcntl.F_UNLCK)
+            reply(repr(time.monotonic()))
+"""
+
+_PROBE = r"""
+import fcntl, os, struct, sys
+
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)
+ltype = fcntl.F_WRLCK if sys.argv[2] == "ex" else fcntl.F_RDLCK
+try:
+    fcntl.fcntl(fd, fcntl.F_OFD_SETLK, struct.pack("hhqqi4x", ltype, 0, 0, 0, 0))
+except OSError:
+    print("busy")
+else:
+    print("free")
+"""
+
+
+class OtherProcess:
+    """Another process that locks and unlocks one file when told to, over a pipe.
+
+    It replies to every command, so ``lock()`` and ``unlock()`` return once it
+    has acted; ``send("unlock")`` then ``reply()`` split an unlock so the caller
+    can act while it happens. Left idle for WATCHDOG seconds it exits, dropping
+    its locks.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _OTHER, path, str(WATCHDOG)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0,
+        )
+        self._buf = b""
+        assert self.reply() == "ready"
+
+    def send(self, line: str) -> None:
+        """Send one command line without waiting for the reply."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line.encode() + b"\n")
+
+    def reply(self, timeout: float = BOUND) -> str:
+        """The reply to the oldest command not yet answered."""
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._buf:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                raise AssertionError("the other process did not answer in time")
+            data = os.read(fd, 4096)
+            if not data:
+                raise AssertionError("the other process exited")
+            self._buf += data
+        line, self._buf = self._buf.split(b"\n", 1)
+        return line.decode()
+
+    def lock(self, mode: str = "ex") -> None:
+        """Take the lock (non-blocking); it must be free for the other process."""
+        self.send(f"lock {mode}")
+        answer = self.reply()
+        assert answer == "ok", f"the other process could not lock ({answer})"
+
+    def unlock(self) -> float:
+        """Drop the lock; returns the monotonic time at which it was dropped."""
+        self.send("unlock")
+        return float(self.reply())
+
+    def close(self) -> None:
+        """Close its stdin so it exits (its locks with it); kill it if it lingers."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(BOUND)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def fcntl_probe(path: str, mode: str = "ex") -> str:
+    """"free" or "busy": whether a fresh process could take an OFD lock in mode now."""
+    out = subprocess.run(
+        [sys.executable, "-c", _PROBE, path, mode],
+        capture_output=True, text=True, timeout=BOUND * 2, check=True,
+    )
+    return out.stdout.strip()
+
+
+# ---------------------------------------------------------------------------
+# Threads
+
+
+class Worker:
+    """Runs fn(*args, **kwargs) in a daemon thread and records how it ended.
+
+    The thread has started when the constructor returns. ``tid`` is its native
+    id (for /proc), ``ident`` its threading ident, ``cpu`` the CPU time it used,
+    ``ended`` the monotonic time right after fn returned or raised, ``done`` is
+    set then, and ``result`` or ``error`` says how.
+    """
+
+    def __init__(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.ended = 0.0
+        self.tid = 0
+        self.ident = 0
+        self.cpu = 0.0
+        self.started = threading.Event()
+        self.done = threading.Event()
+        self._call = (fn, args, kwargs)
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        assert self.started.wait(BOUND)
+
+    def _run(self) -> None:
+        fn, args, kwargs = self._call
+        self.tid = threading.get_native_id()
+        self.ident = threading.get_ident()
+        self.started.set()
+        cpu = time.thread_time()
+        try:
+            self.result = fn(*args, **kwargs)
+        except BaseException as exc:
+            self.error = exc
+        finally:
+            self.ended = time.monotonic()
+            self.cpu = time.thread_time() - cpu
+            self.done.set()
+
+    def join(self, timeout: float = BOUND) -> Worker:
+        """Wait until fn has ended (fail after timeout); the Worker, to read the outcome."""
+        assert self.done.wait(timeout), "the thread is still blocked"
+        self.thread.join(BOUND)
+        return self
+
+
+def poll_until(condition: Callable[[], bool], what: str, timeout: float = BOUND) -> None:
+    """Return once condition() holds (checked every 0.5 ms); fail after timeout."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting until {what}")
+        time.sleep(0.0005)
+
+
+_FUTEX = {"x86_64": 202, "aarch64": 98}  # the futex syscall's number
+
+
+def in_futex_wait(tid: int) -> bool:
+    """Whether thread tid of this process sleeps in futex(FUTEX_WAIT): latchwire's record.
+
+    Python's own locks and conditions wait with FUTEX_WAIT_BITSET, so this singles
+    out the wait on a lock file's in-process record.
+    """
+    nr = _FUTEX.get(platform.machine())
+    need(nr is not None, f"futex syscall number unknown on {platform.machine()}")
+    try:
+        with open(f"/proc/self/task/{tid}/syscall") as f:
+            fields = f.read().split()
+    except OSError:
+        return False
+    return len(fields) > 2 and fields[0] == str(nr) and int(fields[2], 16) & 0x7F == 0
+
+
+def wait_in_futex(worker: Worker, timeout: float = BOUND) -> None:
+    """Return once worker's thread waits on the in-process record; fail if it ends instead."""
+    poll_until(lambda: in_futex_wait(worker.tid) or worker.done.is_set(),
+               "the thread waits on the in-process record", timeout)
+    assert not worker.done.is_set(), f"the thread did not wait: {worker.error!r}"
+
+
+# ---------------------------------------------------------------------------
+# Kernel waits (/proc/locks)
+
+
+def inode_key(path: str | Path) -> str:
+    """How /proc/locks names path's inode: ``MAJOR:MINOR:INODE``."""
+    st = os.stat(path)
+    return f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+
+
+def kernel_waiters(path: str | Path) -> int:
+    """How many lock requests wait in the kernel on the file at path now (/proc/locks)."""
+    key = inode_key(path)
+    with open("/proc/locks") as f:
+        table = [line.split() for line in f]
+    # "2: -> OFDLCK ADVISORY WRITE -1 fe:00:1234 0 EOF" is a request waiting.
+    return sum(1 for fields in table if fields[1:2] == ["->"] and fields[6:7] == [key])
+
+
+def wait_in_kernel(path: str | Path, count: int = 1, watch: Sequence[Agent | int] = (),
+                   timeout: float = WAIT) -> None:
+    """Return once ``count`` lock requests wait in the kernel on the file at path.
+
+    The kernel gives no notice of that, so /proc/locks is read until timeout
+    runs out (a path not there yet has no waiters). Meanwhile ``watch`` (agents'
+    answers, process sentinels) is watched, and a process that answers or ends
+    instead of blocking fails the test at once.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            waiting = kernel_waiters(path)
+        except FileNotFoundError:
+            waiting = 0
+        if waiting >= count:
+            return
+        if watch:
+            ready = select.select(list(watch), [], [], 0.002)[0]
+            if ready:
+                said = [r.reply() if isinstance(r, Agent) else f"process ended ({r})"
+                        for r in ready]
+                pytest.fail(f"expected {count} waiters on {path}, but instead: {said}")
+        else:
+            time.sleep(0.0005)
+        if time.monotonic() > deadline:
+            pytest.fail(f"only {waiting} of {count} requests waiting on {path} after {timeout} s")
+
+
+# ---------------------------------------------------------------------------
+# Processes
+
+
+def join_all(processes: Sequence[multiprocessing.process.BaseProcess], timeout: float) -> None:
+    """Join every process within timeout in all; kill and fail on a straggler."""
+    deadline = time.monotonic() + timeout
+    for proc in processes:
+        proc.join(max(0.0, deadline - time.monotonic()))
+    stragglers = [proc.pid for proc in processes if proc.is_alive()]
+    for proc in processes:
+        if proc.is_alive():
+            proc.kill()
+            proc.join(WAIT)
+    assert not stragglers, f"processes {stragglers} still running after {timeout} s"
+    assert [proc.exitcode for proc in processes] == [0] * len(processes)
