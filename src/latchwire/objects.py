@@ -48,34 +48,49 @@ class Lockable:
         self.name = name
         self.id: int | None = None
         cls = lockclass or f"{type(self).__qualname__} object"
-        self._lock: Mutex | RWLock = RWLock(cls) if rw else Mutex(cls)
+        self._mutex: Mutex | None = None if rw else Mutex(cls)
+        self._rwlock: RWLock | None = RWLock(cls) if rw else None
         self._removing = False  # set by ObjectList.remove(): lookups no longer return it
 
     def __repr__(self) -> str:
         return f"<{type(self).__qualname__} {self.name!r} uuid={self.uuid!r} id={self.id!r}>"
 
+    @property
+    def lockclass(self) -> str:
+        """The lock-order checker's class of the object's lock."""
+        lock = self._mutex or self._rwlock
+        assert lock is not None
+        return lock.lockclass
+
     def lock(self, read: bool = False, blocking: bool = True, timeout: float = -1) -> bool:
         """Take the object's lock (for reading: ``read``, an RWLock only); like acquire()."""
-        if isinstance(self._lock, Mutex):
+        if self._mutex is not None:
             if read:
                 raise ValueError(f"{self!r} has a Mutex: it cannot be locked for reading")
-            return self._lock.acquire(blocking, timeout)
+            return self._mutex.acquire(blocking, timeout)
+        assert self._rwlock is not None
         if read:
-            return self._lock.acquire_read(blocking, timeout)
-        return self._lock.acquire_write(blocking, timeout)
+            return self._rwlock.acquire_read(blocking, timeout)
+        return self._rwlock.acquire_write(blocking, timeout)
 
     def unlock(self) -> None:
         """Release the hold the calling thread has on the object."""
-        if isinstance(self._lock, Mutex):
-            self._lock.release()
-        elif self._writes():
-            self._lock.release_write()
+        if self._mutex is not None:
+            self._mutex.release()
+            return
+        assert self._rwlock is not None
+        if self._writes():
+            self._rwlock.release_write()
         else:
-            self._lock.release_read()
+            self._rwlock.release_read()
 
     def _writes(self) -> bool:
         """Whether the calling thread holds the lock exclusively (the Mutex, or the writer)."""
-        owner = self._lock.owner if isinstance(self._lock, Mutex) else self._lock.writer
+        if self._mutex is not None:
+            owner = self._mutex.owner
+        else:
+            assert self._rwlock is not None
+            owner = self._rwlock.writer
         return owner is not None and owner[0] == threading.get_ident()
 
     def held(self) -> bool:
@@ -83,7 +98,7 @@ class Lockable:
         if self._writes():
             return True
         me = threading.get_ident()
-        return isinstance(self._lock, RWLock) and any(r[0] == me for r in self._lock.readers)
+        return self._rwlock is not None and any(r[0] == me for r in self._rwlock.readers)
 
     def __enter__(self) -> Any:
         """The object, which the caller must hold already (a lookup handed it back locked)."""
@@ -139,9 +154,9 @@ class ObjectList(Generic[T]):
             if not obj.lock(blocking=False):
                 raise RuntimeError(f"{obj!r} is locked elsewhere: cannot add it")
             obj._removing = False
-            if obj._lock.lockclass not in self._objectclasses:
-                self._objectclasses.add(obj._lock.lockclass)
-                lockorder.forbid_nesting(obj._lock.lockclass)
+            if obj.lockclass not in self._objectclasses:
+                self._objectclasses.add(obj.lockclass)
+                lockorder.forbid_nesting(obj.lockclass)
             self._by_uuid[obj.uuid] = obj
             self._by_name[obj.name] = obj
             if obj.id is not None:
@@ -153,23 +168,30 @@ class ObjectList(Generic[T]):
         hold the list lock (an object's lock is never awaited under it)."""
         if obj is None:
             return None
-        obj.lock(read=read)
+        if obj._mutex is not None and not read:
+            obj._mutex.acquire()  # the common case, without lock()'s dispatch
+        else:
+            obj.lock(read=read)
         if obj._removing:
             obj.unlock()
             return None
         return obj
 
+    def _get(self, index: dict[Any, T], key: Any) -> T | None:
+        """index[key] or None, read under the list lock."""
+        self._lock.acquire_read()
+        try:
+            return index.get(key)
+        finally:
+            self._lock.release_read()
+
     def find_by_uuid(self, uuid: Hashable, *, read: bool = False) -> T | None:
         """The object with uuid, locked (for reading: ``read``), or None."""
-        with self._lock.read():
-            obj = self._by_uuid.get(uuid)
-        return self._locked(obj, read)
+        return self._locked(self._get(self._by_uuid, uuid), read)
 
     def find_by_name(self, name: str, *, read: bool = False) -> T | None:
         """The object named name, locked, or None."""
-        with self._lock.read():
-            obj = self._by_name.get(name)
-        found = self._locked(obj, read)
+        found = self._locked(self._get(self._by_name, name), read)
         if found is not None and found.name != name:  # renamed while we waited for it
             found.unlock()
             return None
@@ -177,9 +199,7 @@ class ObjectList(Generic[T]):
 
     def find_by_id(self, id: int, *, read: bool = False) -> T | None:
         """The active object with id, locked, or None."""
-        with self._lock.read():
-            obj = self._by_id.get(id)
-        found = self._locked(obj, read)
+        found = self._locked(self._get(self._by_id, id), read)
         if found is not None and found.id != id:  # deactivated while we waited for it
             found.unlock()
             return None
