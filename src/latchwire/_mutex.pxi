@@ -143,6 +143,7 @@ cdef class Mutex:
 @cython.auto_pickle(False)
 cdef class _Reader:
     """One thread's read hold of an RWLock (count: its recursive depth)."""
+    cdef unsigned long serial           # lw_thread_serial() of the reader, 0 if unused
     cdef unsigned long ident
     cdef int count
     cdef object code
@@ -174,7 +175,9 @@ cdef class RWLock:
     cdef unsigned long writer_ident
     cdef object site_code
     cdef int site_lasti
-    cdef dict holds_read                # lw_thread_serial() -> _Reader
+    cdef _Reader first                  # one reader kept inline: no allocation, no dict
+    cdef dict others                    # lw_thread_serial() -> _Reader, the other readers
+    cdef int nreaders                   # reader threads
     cdef int writers_waiting
     cdef unsigned long epoch            # bumped by each downgrade()
     cdef unsigned int seq
@@ -190,7 +193,8 @@ cdef class RWLock:
     def __init__(self, name=None, *, bint prefer_writers=True):
         self.name = name
         self.prefer_writers = prefer_writers
-        self.holds_read = {}
+        self.first = _Reader.__new__(_Reader)
+        self.others = {}
         self.made_code = _caller_code(&self.made_lasti)
         self.ld_cls = -1
         self.read_hold = _ReadHold.__new__(_ReadHold)
@@ -202,7 +206,7 @@ cdef class RWLock:
         if self.writer_serial:
             state = f"written by thread {self.writer_ident}"
         else:
-            state = f"{len(self.holds_read)} readers"
+            state = f"{self.nreaders} readers"
         return f"<latchwire.RWLock {self.name or self.lockclass!r} {state}>"
 
     @property
@@ -235,9 +239,28 @@ cdef class RWLock:
         finally:
             self.nwaiters -= 1
 
+    # This thread's read hold, or None.
+    cdef inline _Reader _reader_of(self, unsigned long me):
+        if self.first.serial == me:
+            return self.first
+        if self.others:
+            return self.others.get(me)
+        return None
+
+    # A read hold for this thread (me), counted once; the caller fills it in.
+    cdef _Reader _add_reader(self, unsigned long me):
+        cdef _Reader reader = self.first
+        if reader.serial:
+            reader = _Reader.__new__(_Reader)
+            self.others[me] = reader
+        reader.serial = me
+        reader.count = 1
+        self.nreaders += 1
+        return reader
+
     cdef bint _acquire_read(self, bint blocking, double deadline) except -1:
         cdef unsigned long me = lw_thread_serial()
-        cdef _Reader reader = self.holds_read.get(me)
+        cdef _Reader reader = self._reader_of(me)
         cdef unsigned long arrived = self.epoch
         if lw_lockdep and blocking:
             _ld_check(self, self._checker_class(), True, self.prefer_writers)
@@ -254,13 +277,11 @@ cdef class RWLock:
         while self._keeps_out_reader(arrived):
             if not blocking or (self._wait(deadline) and self._keeps_out_reader(arrived)):
                 return False
-        reader = _Reader.__new__(_Reader)
+        reader = self._add_reader(me)
         reader.ident = PyThread_get_thread_ident()
-        reader.count = 1
         reader.code = _caller_code(&reader.lasti)
         if lw_lockdep:
             reader.ld_stack = _ld_push(self, self._checker_class(), True)
-        self.holds_read[me] = reader
         return True
 
     cdef bint _acquire_write(self, bint blocking, double deadline) except -1:
@@ -270,16 +291,16 @@ cdef class RWLock:
         if self.writer_serial == me:
             raise RuntimeError(f"{self!r} is already held for writing by this thread (taken "
                                f"at {self.site}); an RWLock is not reentrant")
-        if me in self.holds_read:
+        if self._reader_of(me) is not None:
             raise RuntimeError(f"{self!r} is held for reading by this thread: waiting to "
                                "write would deadlock (release the read hold first)")
-        if self.writer_serial or self.holds_read:
+        if self.writer_serial or self.nreaders:
             if not blocking:
                 return False
             self.writers_waiting += 1
             try:
-                while self.writer_serial or self.holds_read:
-                    if self._wait(deadline) and (self.writer_serial or self.holds_read):
+                while self.writer_serial or self.nreaders:
+                    if self._wait(deadline) and (self.writer_serial or self.nreaders):
                         return False
             finally:
                 self.writers_waiting -= 1
@@ -294,16 +315,22 @@ cdef class RWLock:
 
     cdef int _release_read(self) except -1:
         cdef unsigned long me = lw_thread_serial()
-        cdef _Reader reader = self.holds_read.get(me)
+        cdef _Reader reader = self._reader_of(me)
         if reader is None:
             raise RuntimeError(f"{self!r} is not held for reading by this thread")
         reader.count -= 1
         if reader.count:
             return 0
-        del self.holds_read[me]
         if reader.ld_stack is not None:
             _ld_pop(reader.ld_stack, self, True)
-        if not self.holds_read:
+            reader.ld_stack = None
+        if reader is self.first:
+            reader.serial = 0
+            reader.code = None
+        else:
+            del self.others[me]
+        self.nreaders -= 1
+        if not self.nreaders:
             self._changed()
         return 0
 
@@ -355,9 +382,8 @@ cdef class RWLock:
         cdef _Reader reader
         if self.writer_serial != me:
             raise RuntimeError(f"{self!r} is not held for writing by this thread")
-        reader = _Reader.__new__(_Reader)
+        reader = self._add_reader(me)
         reader.ident = self.writer_ident
-        reader.count = 1
         reader.code = self.site_code
         reader.lasti = self.site_lasti
         if self.ld_stack is not None:
@@ -366,7 +392,6 @@ cdef class RWLock:
             reader.ld_stack = _ld_push(self, self._checker_class(), True)
         self.writer_serial = self.writer_ident = 0
         self.site_code = None
-        self.holds_read[me] = reader
         self.epoch += 1
         self._changed()
 
@@ -384,8 +409,9 @@ cdef class RWLock:
     def readers(self):
         """``[(thread ident, "file:line", depth), ...]`` of the readers."""
         cdef _Reader r
-        return [(r.ident, _format_site(r.code, r.lasti), r.count)
-                for r in self.holds_read.values()]
+        cdef list holds = [self.first] if self.first.serial else []
+        holds.extend(self.others.values())
+        return [(r.ident, _format_site(r.code, r.lasti), r.count) for r in holds]
 
 
 @cython.final
