@@ -129,3 +129,14 @@ cdef void _ld_pop(list stack, object lock, bint read) noexcept:
         if held.lock is lock and held.read == read:
             del stack[i]
             return
+
+
+# The latest entry of lock on stack is now a hold for reading (read) or not.
+cdef void _ld_retag(list stack, object lock, bint read) noexcept:
+    cdef Py_ssize_t i
+    cdef _Held held
+    for i in range(len(stack) - 1, -1, -1):
+        held = stack[i]
+        if held.lock is lock:
+            held.read = read
+            return

@@ -17,6 +17,8 @@ cdef double _lock_deadline(bint blocking, double timeout) except -2:
         return -1
     if not blocking:
         raise ValueError("can't specify a timeout for a non-blocking call")
+    if timeout != timeout:
+        raise ValueError("Invalid value NaN (not a number)")
     if timeout < 0:
         raise ValueError("timeout value must be a non-negative number")
     if timeout > _TIMEOUT_MAX:
@@ -289,9 +291,13 @@ cdef class RWLock:
         if lw_lockdep and blocking:
             _ld_check(self, self._checker_class(), False, False)
         if self.writer_serial == me:
+            if not blocking:
+                return False
             raise RuntimeError(f"{self!r} is already held for writing by this thread (taken "
                                f"at {self.site}); an RWLock is not reentrant")
         if self._reader_of(me) is not None:
+            if not blocking:
+                return False
             raise RuntimeError(f"{self!r} is held for reading by this thread: waiting to "
                                "write would deadlock (release the read hold first)")
         if self.writer_serial or self.nreaders:
@@ -386,10 +392,10 @@ cdef class RWLock:
         reader.ident = self.writer_ident
         reader.code = self.site_code
         reader.lasti = self.site_lasti
-        if self.ld_stack is not None:
-            _ld_pop(self.ld_stack, self, False)
+        if self.ld_stack is not None:    # the same hold, now for reading: it keeps its place
+            _ld_retag(self.ld_stack, self, True)
+            reader.ld_stack = self.ld_stack
             self.ld_stack = None
-            reader.ld_stack = _ld_push(self, self._checker_class(), True)
         self.writer_serial = self.writer_ident = 0
         self.site_code = None
         self.epoch += 1

@@ -1,0 +1,752 @@
+"""latchwire.RWLock: many readers or one writer, writer preference, downgrade, holds that
+belong to threads, and the errors that replace deadlocks.
+
+Nothing here waits with a bare sleep: threads hand over with events and barriers, and
+"this thread is now blocked on the lock" is observed in the kernel (the thread sits in
+``futex(FUTEX_WAIT)`` per /proc/self/task/TID/syscall). Every wait is bounded, and a
+watchdog ends the run if a test hangs anyway.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import platform
+import signal
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from latchwire import RWLock
+
+BOUND = 5.0  # the bound on any handshake with another thread
+GUARD = 120.0  # no test here may take longer: the watchdog then dumps the stacks and exits
+
+
+# ---------------------------------------------------------------------------
+# Local helpers
+
+
+@pytest.fixture(autouse=True)
+def _watchdog() -> Iterator[None]:
+    """A hang (a lost wake-up, a wait that ignores its timeout) ends the run, not stalls it."""
+    faulthandler.dump_traceback_later(GUARD, exit=True)
+    yield
+    faulthandler.cancel_dump_traceback_later()
+
+
+def here() -> int:
+    """The caller's current line number."""
+    return sys._getframe(1).f_lineno
+
+
+def site(line: int) -> str:
+    """How latchwire names a place in this file."""
+    return f"{__file__}:{line}"
+
+
+class Worker:
+    """A daemon thread running fn(*args), started at once; its outcome once done."""
+
+    def __init__(self, fn: Callable[..., Any], *args: Any, name: str | None = None) -> None:
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.tid = 0
+        self.ident = 0
+        self.ended = 0.0
+        self.started = threading.Event()
+        self.done = threading.Event()
+        self._call = (fn, args)
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self.thread.start()
+        assert self.started.wait(BOUND), "the thread did not start"
+
+    def _run(self) -> None:
+        fn, args = self._call
+        self.tid = threading.get_native_id()
+        self.ident = threading.get_ident()
+        self.started.set()
+        try:
+            self.result = fn(*args)
+        except BaseException as exc:
+            self.error = exc
+        finally:
+            self.ended = time.monotonic()
+            self.done.set()
+
+    def join(self, timeout: float = BOUND) -> Worker:
+        """Wait (at most timeout) for fn to end; fail if it has not."""
+        assert self.done.wait(timeout), "the thread is still blocked"
+        self.thread.join(BOUND)
+        return self
+
+    def outcome(self, timeout: float = BOUND) -> Any:
+        """fn's result once it ended (its exception re-raised)."""
+        self.join(timeout)
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+_FUTEX_NR = {"x86_64": "202", "aarch64": "98"}
+
+
+def _futex_word(tid: int) -> str | None:
+    """The futex word thread tid sleeps on with FUTEX_WAIT (latchwire's lock waits), else
+    None. The interpreter's GIL wait is a FUTEX_WAIT_BITSET, never mistaken for one."""
+    try:
+        with open(f"/proc/self/task/{tid}/syscall") as f:
+            fields = f.read().split()
+    except OSError:
+        return None
+    if len(fields) < 5 or fields[0] != _FUTEX_NR.get(platform.machine()):
+        return None
+    return fields[1] if int(fields[2], 16) & 0x7F == 0 else None
+
+
+def wait_until_blocked(tid: int, returned: threading.Event, timeout: float = BOUND) -> None:
+    """Return once thread tid sleeps in a lock wait (seen on 3 polls in a row, so a brief
+    pthread-mutex wait inside the interpreter does not count); fail if it returns first."""
+    if platform.machine() not in _FUTEX_NR:
+        pytest.skip(f"futex syscall number unknown on {platform.machine()}")
+    deadline = time.monotonic() + timeout
+    last, streak = None, 0
+    while streak < 3:
+        assert not returned.is_set(), "the call returned instead of blocking"
+        assert time.monotonic() < deadline, "the thread never blocked on the lock"
+        word = _futex_word(tid)
+        streak = streak + 1 if word is not None and word == last else int(word is not None)
+        last = word
+        time.sleep(0.001)
+
+
+def take(acquire: Callable[..., bool], release: Callable[[], None]) -> bool:
+    """acquire(timeout=BOUND), and release at once if that got the lock: whether it did."""
+    got = acquire(timeout=BOUND)
+    if got:
+        release()
+    return got
+
+
+def blocked_worker(fn: Callable[..., Any], *args: Any, name: str | None = None) -> Worker:
+    """A Worker running fn(*args), returned once it is seen blocked on a lock."""
+    worker = Worker(fn, *args, name=name)
+    wait_until_blocked(worker.tid, worker.done)
+    return worker
+
+
+class Holder:
+    """A thread holding rw for reading ("read") or writing ("write") until release()."""
+
+    def __init__(self, rw: RWLock, mode: str) -> None:
+        self.rw, self.mode = rw, mode
+        self.line = 0
+        self._held = threading.Event()
+        self._release = threading.Event()
+        self.worker = Worker(self._hold, name=f"{mode}-holder")
+        assert self._held.wait(BOUND), f"the holder could not take the lock: {self.worker.error!r}"
+
+    def _hold(self) -> None:
+        if self.mode == "read":
+            assert self.rw.acquire_read(timeout=BOUND)
+            self.line = here() - 1
+        else:
+            assert self.rw.acquire_write(timeout=BOUND)
+            self.line = here() - 1
+        self._held.set()
+        try:
+            assert self._release.wait(4 * BOUND), "never told to release"
+        finally:
+            if self.mode == "read":
+                self.rw.release_read()
+            else:
+                self.rw.release_write()
+
+    @property
+    def ident(self) -> int:
+        return self.worker.ident
+
+    def release(self) -> None:
+        self._release.set()
+        self.worker.outcome()
+
+
+@pytest.fixture
+def holders() -> Iterator[Callable[[RWLock, str], Holder]]:
+    """Start Holders; any still holding at the end let go."""
+    started: list[Holder] = []
+
+    def start(rw: RWLock, mode: str) -> Holder:
+        holder = Holder(rw, mode)
+        started.append(holder)
+        return holder
+
+    yield start
+    for holder in started:
+        holder._release.set()
+    for holder in started:
+        holder.worker.thread.join(BOUND)
+
+
+# ---------------------------------------------------------------------------
+# 1. Sharing and exclusion
+
+
+def test_many_readers_at_once() -> None:
+    """4 threads are inside read() together: they meet at a barrier inside the section."""
+    rw = RWLock()
+    inside = threading.Barrier(4)
+
+    def read() -> int:
+        with rw.read():
+            inside.wait(BOUND)  # BrokenBarrierError unless all 4 get in at once
+            count = len(rw.readers)
+            inside.wait(BOUND)  # nobody leaves before all have counted
+        return count
+
+    workers = [Worker(read) for _ in range(4)]
+    assert [w.outcome() for w in workers] == [4, 4, 4, 4]
+    assert rw.readers == [] and rw.writer is None
+
+
+def test_a_writer_waits_for_readers() -> None:
+    rw = RWLock()
+    assert rw.acquire_read()
+
+    def write() -> bool:
+        got = rw.acquire_write(timeout=BOUND)
+        try:
+            return got and not rw.readers
+        finally:
+            if got:
+                rw.release_write()
+
+    writer = blocked_worker(write)
+    assert rw.writer is None
+    released_at = time.monotonic()
+    rw.release_read()
+    assert writer.outcome() is True, "the writer got in while a reader was inside"
+    assert writer.ended - released_at < 1.0, "the last reader's release did not wake the writer"
+
+
+def test_a_writer_excludes_readers_and_writers(holders: Callable[[RWLock, str], Holder]) -> None:
+    rw = RWLock()
+    holder = holders(rw, "write")
+    assert rw.acquire_read(blocking=False) is False
+    assert rw.acquire_read(timeout=0.05) is False
+    assert rw.acquire_write(blocking=False) is False
+    assert rw.acquire_write(timeout=0.05) is False
+    reader = blocked_worker(take, rw.acquire_read, rw.release_read)
+    holder.release()
+    assert reader.outcome() is True
+    assert rw.readers == [] and rw.writer is None
+
+
+def test_readers_and_writers_never_overlap() -> None:
+    """4 readers and 2 writers hammer one lock; counters kept under it show no overlap."""
+    rw = RWLock()
+    guard = threading.Lock()
+    state = {"readers": 0, "writers": 0, "max_readers": 0}
+    violations: list[str] = []
+    start = threading.Barrier(6)
+
+    def reader() -> None:
+        start.wait(BOUND)
+        for _ in range(2000):
+            with rw.read():
+                with guard:
+                    state["readers"] += 1
+                    state["max_readers"] = max(state["max_readers"], state["readers"])
+                    if state["writers"]:
+                        violations.append("a reader got in while a writer was inside")
+                time.sleep(0)
+                with guard:
+                    state["readers"] -= 1
+
+    def writer() -> None:
+        start.wait(BOUND)
+        for _ in range(500):
+            with rw.write():
+                with guard:
+                    state["writers"] += 1
+                    if state["writers"] != 1 or state["readers"]:
+                        violations.append(f"a writer got in with {state}")
+                time.sleep(0)
+                with guard:
+                    state["writers"] -= 1
+
+    workers = [Worker(reader) for _ in range(4)] + [Worker(writer) for _ in range(2)]
+    for worker in workers:
+        worker.outcome(timeout=60)
+    assert violations == []
+    assert state["max_readers"] > 1, "the readers never overlapped: the test proved nothing"
+    assert rw.readers == [] and rw.writer is None
+
+
+# ---------------------------------------------------------------------------
+# 2. Writer preference, and its absence
+
+
+@pytest.mark.parametrize("yield_inside", [False, True], ids=["pass", "sleep0"])
+def test_writers_are_not_starved_by_a_stream_of_readers(yield_inside: bool) -> None:
+    """4 threads re-take read continuously; a writer still gets in well within 1 s.
+
+    With ``pass`` in the read section a reader rarely lets go of the GIL while it reads,
+    so the writer often finds the lock free. With ``time.sleep(0)`` in it, the readers'
+    holds overlap and there is hardly ever a moment with none inside: only writer
+    preference (new readers wait behind a waiting writer) lets the writer in. (A
+    prefer_writers=False lock under that load keeps the writer out for the whole second.)
+    """
+    rw = RWLock()
+    stop = threading.Event()
+    warm = [threading.Event() for _ in range(4)]
+
+    def read(index: int) -> int:
+        rounds = 0
+        while not stop.is_set():
+            with rw.read():
+                if yield_inside:
+                    time.sleep(0)
+            rounds += 1
+            if rounds == 100:
+                warm[index].set()
+        return rounds
+
+    readers = [Worker(read, i) for i in range(4)]
+    try:
+        for event in warm:
+            assert event.wait(BOUND), "a reader never got going"
+
+        def write() -> tuple[bool, float]:
+            t0 = time.monotonic()
+            got = rw.acquire_write(timeout=1)
+            waited = time.monotonic() - t0
+            if got:
+                assert not rw.readers
+                rw.release_write()
+            return got, waited
+
+        got, waited = Worker(write).outcome()
+    finally:
+        stop.set()
+        rounds = [r.outcome() for r in readers]
+    assert got, f"the writer starved for {waited:.3f} s behind readers doing {rounds} rounds"
+
+
+def test_without_writer_preference_overlapping_readers_keep_a_writer_out() -> None:
+    """prefer_writers=False: two readers hand a read hold to each other (the next one is
+    in before the last one leaves), so the lock is never free; a writer times out."""
+    rw = RWLock(prefer_writers=False)
+    writer_done = threading.Event()
+    stop = [False]
+    handovers = [0]  # completed while the writer waited
+
+    def snapshot() -> None:  # run by one thread per step, both see the same answer
+        stop[0] = writer_done.is_set()
+        handovers[0] += not stop[0]
+
+    step = threading.Barrier(2, action=snapshot)
+    first_in = threading.Event()
+    refused: list[str] = []
+
+    def read(index: int) -> int:
+        holding = index == 0
+        if holding:
+            assert rw.acquire_read(timeout=BOUND)
+            first_in.set()
+        step.wait(BOUND)
+        steps = 0
+        while True:
+            if holding:
+                step.wait(BOUND)  # the other reader is in: leave
+                rw.release_read()
+                holding = False
+            else:
+                holding = rw.acquire_read(timeout=BOUND)
+                if not holding:
+                    refused.append(f"reader {index} refused while another read")
+                step.wait(BOUND)
+            steps += 1
+            if stop[0]:
+                break
+        if holding:
+            rw.release_read()
+        return steps
+
+    readers = [Worker(read, i) for i in range(2)]
+    assert first_in.wait(BOUND), "reader 0 could not read"
+    # From here on some reader always holds the lock.
+    t0 = time.monotonic()
+    got = rw.acquire_write(timeout=0.2)
+    waited = time.monotonic() - t0
+    writer_done.set()
+    if got:
+        rw.release_write()
+    steps = [r.outcome() for r in readers]
+    assert refused == []
+    assert got is False, f"the writer got in although readers always overlapped ({steps})"
+    assert waited >= 0.2
+    assert handovers[0] > 10, f"only {handovers[0]} handovers while the writer waited: " \
+        "new readers were held back by the waiting writer"
+
+
+def test_without_writer_preference_readers_pass_a_waiting_writer(
+        holders: Callable[[RWLock, str], Holder]) -> None:
+    rw = RWLock(prefer_writers=False)
+    reader = holders(rw, "read")
+    writer = blocked_worker(take, rw.acquire_write, rw.release_write)
+    assert rw.acquire_read(timeout=BOUND), "a reader waited for a waiting writer"
+    assert rw.acquire_read(blocking=False), "a recursive read was refused"
+    rw.release_read()
+    rw.release_read()
+    assert not writer.done.is_set(), "the writer got in past a reader"
+    reader.release()
+    assert writer.outcome() is True
+    assert rw.writer is None and rw.readers == []
+
+
+def test_with_writer_preference_new_readers_wait_behind_a_waiting_writer(
+        holders: Callable[[RWLock, str], Holder]) -> None:
+    rw = RWLock()
+    reader = holders(rw, "read")
+
+    writer = blocked_worker(take, rw.acquire_write, rw.release_write)
+    assert rw.acquire_read(blocking=False) is False
+    assert rw.acquire_read(timeout=0.05) is False
+    late = blocked_worker(take, rw.acquire_read, rw.release_read)
+    reader.release()
+    assert writer.outcome() is True
+    assert late.outcome() is True, "the late reader was not let in after the writer"
+    assert late.ended >= writer.ended
+
+
+# ---------------------------------------------------------------------------
+# 3. Timeouts
+
+
+@pytest.mark.parametrize(("held", "wanted"), [("write", "read"), ("write", "write"),
+                                              ("read", "write")])
+def test_timeouts_are_honoured(holders: Callable[[RWLock, str], Holder],
+                               held: str, wanted: str) -> None:
+    """Never early; median overshoot <= 2 ms over 7 rounds, worst <= 50 ms."""
+    rw = RWLock()
+    holder = holders(rw, held)
+    acquire = rw.acquire_read if wanted == "read" else rw.acquire_write
+    timeout = 0.05
+    overshoots = []
+    for _ in range(7):
+        t0 = time.monotonic()
+        got = acquire(timeout=timeout)
+        elapsed = time.monotonic() - t0
+        assert got is False
+        assert elapsed >= timeout, f"returned after {elapsed:.6f} s, before the timeout"
+        overshoots.append(elapsed - timeout)
+    report = ", ".join(f"{x * 1000:.3f}" for x in overshoots)
+    assert statistics.median(overshoots) <= 0.002, f"overshoots (ms): {report}"
+    assert max(overshoots) <= 0.05, f"overshoots (ms): {report}"
+    if held == "read":
+        # The writers that gave up no longer hold new readers back.
+        assert rw.acquire_read(blocking=False), "a timed-out writer still keeps readers out"
+        rw.release_read()
+    holder.release()
+    assert rw.acquire_write(blocking=False)
+    rw.release_write()
+
+
+@pytest.mark.parametrize("method", ["acquire_read", "acquire_write"])
+def test_bad_timeouts(method: str) -> None:
+    rw = RWLock()
+    acquire = getattr(rw, method)
+    for kwargs in ({"blocking": False, "timeout": 1}, {"timeout": -0.5}):
+        with pytest.raises(ValueError):
+            acquire(**kwargs)
+    with pytest.raises(OverflowError):
+        acquire(timeout=threading.TIMEOUT_MAX * 2)
+    assert rw.readers == [] and rw.writer is None
+
+
+# ---------------------------------------------------------------------------
+# 4. Downgrade
+
+
+def test_downgrade_lets_waiting_readers_in_and_keeps_writers_out() -> None:
+    rw = RWLock()
+    assert rw.acquire_write()
+    line = here() - 1
+    leave = threading.Event()
+
+    def read() -> bool:
+        got = rw.acquire_read()  # no timeout: only the downgrade lets it in
+        try:
+            assert leave.wait(BOUND)
+        finally:
+            rw.release_read()
+        return got
+
+    def write() -> bool:
+        got = rw.acquire_write(timeout=3 * BOUND)
+        if got:
+            rw.release_write()
+        return got
+
+    writer = blocked_worker(write, name="writer")
+    readers = [blocked_worker(read, name=f"reader-{i}") for i in range(2)]
+    try:
+        rw.downgrade()
+        poll_deadline = time.monotonic() + BOUND
+        while len(rw.readers) < 3:
+            assert time.monotonic() < poll_deadline, f"the waiting readers stayed out: {rw.readers}"
+            assert not any(r.done.is_set() for r in readers), "a reader failed"
+            time.sleep(0.001)
+        me = threading.get_ident()
+        assert (me, site(line), 1) in rw.readers, rw.readers
+        assert {r[0] for r in rw.readers} == {me, readers[0].ident, readers[1].ident}
+        assert rw.writer is None
+        assert not writer.done.is_set(), "the writer got in past the readers"
+        leave.set()
+        for reader in readers:
+            assert reader.outcome() is True
+        # The other readers left; this thread still reads: the writer must still wait.
+        wait_until_blocked(writer.tid, writer.done)
+        assert rw.readers == [(me, site(line), 1)]
+    finally:
+        leave.set()
+        if any(r[0] == threading.get_ident() for r in rw.readers):
+            rw.release_read()
+    assert writer.outcome(3 * BOUND) is True
+
+
+def test_downgrade_then_late_reader_waits_behind_the_writer() -> None:
+    rw = RWLock()
+    assert rw.acquire_write()
+
+    writer = blocked_worker(take, rw.acquire_write, rw.release_write)
+    rw.downgrade()
+    try:
+        late = Worker(lambda: rw.acquire_read(timeout=0.1))
+        assert late.outcome() is False, "a reader arriving after the downgrade passed the writer"
+    finally:
+        rw.release_read()
+    assert writer.outcome() is True
+
+
+def test_downgrade_needs_the_write_hold(holders: Callable[[RWLock, str], Holder]) -> None:
+    rw = RWLock()
+    with pytest.raises(RuntimeError):
+        rw.downgrade()
+    with rw.read(), pytest.raises(RuntimeError):
+        rw.downgrade()
+    holders(rw, "write")
+    with pytest.raises(RuntimeError):
+        rw.downgrade()
+
+
+# ---------------------------------------------------------------------------
+# 5. Recursion and the errors that replace deadlocks
+
+
+def test_recursive_read_without_a_waiting_writer() -> None:
+    rw = RWLock()
+    with rw.read():
+        with rw.read():
+            assert rw.acquire_read(timeout=BOUND)
+            assert [depth for _, _, depth in rw.readers] == [3]
+            rw.release_read()
+        assert [depth for _, _, depth in rw.readers] == [1]
+    assert rw.readers == []
+    with pytest.raises(RuntimeError):
+        rw.release_read()
+
+
+def test_recursive_read_with_a_waiting_writer_raises_at_once() -> None:
+    rw = RWLock()
+    assert rw.acquire_read()
+
+    writer = blocked_worker(take, rw.acquire_write, rw.release_write)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(RuntimeError, match="would deadlock"):
+            rw.acquire_read()
+        assert time.monotonic() - t0 < 1.0, "the recursive read waited"
+        with pytest.raises(RuntimeError), rw.read():
+            pass
+        assert [depth for _, _, depth in rw.readers] == [1], "a refused read counted"
+    finally:
+        rw.release_read()
+    assert writer.outcome() is True
+
+
+def test_write_while_reading_raises() -> None:
+    rw = RWLock()
+    with rw.read():
+        t0 = time.monotonic()
+        for call in (rw.acquire_write, lambda: rw.acquire_write(timeout=BOUND)):
+            with pytest.raises(RuntimeError):
+                call()
+        assert time.monotonic() - t0 < 1.0
+        assert rw.writer is None
+    assert rw.readers == []
+
+
+def test_read_while_writing_raises() -> None:
+    rw = RWLock()
+    with rw.write():
+        t0 = time.monotonic()
+        for call in (rw.acquire_read, lambda: rw.acquire_read(timeout=BOUND)):
+            with pytest.raises(RuntimeError):
+                call()
+        assert time.monotonic() - t0 < 1.0
+        assert rw.readers == []
+    assert rw.writer is None
+
+
+def test_write_while_writing_raises() -> None:
+    rw = RWLock()
+    with rw.write():
+        t0 = time.monotonic()
+        with pytest.raises(RuntimeError):
+            rw.acquire_write()
+        assert time.monotonic() - t0 < 1.0
+        assert rw.writer is not None and rw.writer[0] == threading.get_ident()
+    assert rw.writer is None
+
+
+def test_release_by_a_non_holder_raises(holders: Callable[[RWLock, str], Holder]) -> None:
+    rw = RWLock()
+    with pytest.raises(RuntimeError):
+        rw.release_read()
+    with pytest.raises(RuntimeError):
+        rw.release_write()
+    reader = holders(rw, "read")
+    with pytest.raises(RuntimeError):
+        rw.release_read()
+    with pytest.raises(RuntimeError):
+        rw.release_write()
+    assert [r[0] for r in rw.readers] == [reader.ident]
+    reader.release()
+    writer = holders(rw, "write")
+    with pytest.raises(RuntimeError) as info:
+        rw.release_write()
+    assert str(writer.ident) in str(info.value)
+    assert site(writer.line) in str(info.value)
+    with pytest.raises(RuntimeError):
+        rw.release_read()
+    assert rw.writer == (writer.ident, site(writer.line))
+    writer.release()
+    assert rw.writer is None
+
+
+# ---------------------------------------------------------------------------
+# 6. Introspection
+
+
+def test_readers_writer_site_name(holders: Callable[[RWLock, str], Holder]) -> None:
+    rw = RWLock()
+    made = here() - 1
+    assert rw.name is None and rw.lockclass == site(made)
+    assert rw.prefer_writers is True
+    named = RWLock("nwfilter-update", prefer_writers=False)
+    assert named.name == named.lockclass == "nwfilter-update"
+    assert named.prefer_writers is False
+
+    assert rw.readers == [] and rw.writer is None and rw.site is None
+    me = threading.get_ident()
+    with rw.write():
+        line = here() - 1
+        assert rw.writer == (me, site(line))
+        assert rw.site == site(line)
+        assert rw.readers == []
+    assert rw.writer is None and rw.site is None
+
+    other = holders(rw, "read")
+    with rw.read():
+        line = here() - 1
+        with rw.read():
+            assert sorted(rw.readers) == sorted([(other.ident, site(other.line), 1),
+                                                 (me, site(line), 2)])
+    assert rw.readers == [(other.ident, site(other.line), 1)]
+    assert rw.writer is None and rw.site is None
+    other.release()
+    assert rw.readers == []
+
+
+# ---------------------------------------------------------------------------
+# 7. Ctrl-C
+
+
+def test_ctrl_c_interrupts_a_blocked_acquire_write(
+        holders: Callable[[RWLock, str], Holder]) -> None:
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signals go to the main thread only")
+    rw = RWLock()
+    holder = holders(rw, "read")
+    main_tid, main_ident = threading.get_native_id(), threading.get_ident()
+    returned = threading.Event()
+    line = [0]
+
+    def on_sigint(signo: int, frame: Any) -> None:
+        # KeyboardInterrupt only from inside acquire_write, never from the test's own code.
+        if frame is not None and frame.f_code.co_filename == __file__ \
+                and frame.f_lineno == line[0]:
+            raise KeyboardInterrupt
+
+    def interrupt() -> int:
+        sent = 0
+        try:
+            wait_until_blocked(main_tid, returned)
+            deadline = time.monotonic() + BOUND
+            while not returned.is_set() and time.monotonic() < deadline:
+                signal.pthread_kill(main_ident, signal.SIGINT)
+                sent += 1
+                returned.wait(0.02)
+        finally:
+            if not returned.is_set():  # never interrupted: let the call end (and fail)
+                holder._release.set()
+        return sent
+
+    old = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        helper = Worker(interrupt, name="interrupter")
+        try:
+            line[0] = here() + 1
+            outcome = f"returned {rw.acquire_write()!r}"
+        except KeyboardInterrupt:
+            outcome = "KeyboardInterrupt"
+        finally:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a late repeat must not hit pytest
+            returned.set()
+            helper.join()
+    finally:
+        signal.signal(signal.SIGINT, old)
+        if rw.writer is not None and rw.writer[0] == main_ident:
+            rw.release_write()
+    assert helper.outcome() >= 1
+    assert outcome == "KeyboardInterrupt"
+    assert rw.writer is None, "the interrupted acquire_write took the lock"
+    assert [r[0] for r in rw.readers] == [holder.ident]
+    # The interrupted writer no longer waits: new readers are not held back by it.
+    assert rw.acquire_read(blocking=False), "the interrupted writer still keeps readers out"
+    rw.release_read()
+    holder.release()
+    assert rw.acquire_write(timeout=BOUND)
+    rw.release_write()
+
+
+def test_nonblocking_write_by_a_holder_returns_false() -> None:
+    """Like Mutex: a try-lock that could only deadlock says False instead of raising."""
+    rw = RWLock()
+    assert rw.acquire_write()
+    assert rw.acquire_write(blocking=False) is False
+    with pytest.raises(RuntimeError):
+        rw.acquire_write()
+    rw.release_write()
+    assert rw.acquire_read()
+    assert rw.acquire_write(blocking=False) is False
+    with pytest.raises(RuntimeError):
+        rw.acquire_write()
+    rw.release_read()
+    assert rw.writer is None and rw.readers == []
