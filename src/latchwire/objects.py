@@ -141,8 +141,9 @@ class ObjectList(Generic[T]):
     def add(self, obj: T) -> T:
         """Add obj and return it locked (by the calling thread).
 
-        ValueError, and nothing changes, if its uuid is present or its name
-        belongs to another uuid; RuntimeError if obj is locked elsewhere.
+        ValueError, and nothing changes, if its uuid is present, or its name or
+        (if it is active) its id belongs to another object; RuntimeError if obj
+        is locked elsewhere.
         """
         with self._lock.write():
             if obj.uuid in self._by_uuid:
@@ -150,6 +151,8 @@ class ObjectList(Generic[T]):
             if obj.name in self._by_name:
                 other = self._by_name[obj.name]
                 raise ValueError(f"name {obj.name!r} is held by uuid {other.uuid!r}")
+            if obj.id is not None and obj.id in self._by_id:
+                raise ValueError(f"id {obj.id} belongs to {self._by_id[obj.id]!r}")
             # Not yet visible to anyone: a free object's lock is taken at once.
             if not obj.lock(blocking=False):
                 raise RuntimeError(f"{obj!r} is locked elsewhere: cannot add it")
@@ -208,7 +211,7 @@ class ObjectList(Generic[T]):
     def _present(self, obj: T) -> None:
         """ValueError unless obj is in this list. Caller: holds the list lock."""
         if self._by_uuid.get(obj.uuid) is not obj or obj._removing:
-            raise ValueError(f"{obj!r} is not in {self!r}")
+            raise ValueError(f"{obj!r} is not in ObjectList {self.name!r}")
 
     def activate(self, obj: T, id: int) -> None:
         """Give obj (held by the caller) the id; ValueError if another has it."""
@@ -245,21 +248,28 @@ class ObjectList(Generic[T]):
         """Remove obj, which the caller has unlocked.
 
         From now on lookups do not return it; this waits until no one else
-        holds it, then drops it from every index. RuntimeError if the calling
-        thread holds it (it would wait for itself).
+        holds it, then drops it from every index (and its id: it is inactive).
+        RuntimeError if the calling thread holds it (it would wait for itself).
+        If the wait fails (a signal, LockOrderError), obj stays in the list.
         """
         if obj.held():
             raise RuntimeError(f"{obj!r} is locked by this thread: unlock it before remove()")
         with self._lock.write():
             self._present(obj)
             obj._removing = True
-        obj.lock()  # waits out whoever holds it now; later lookups see it removing
+        try:
+            obj.lock()  # waits out whoever holds it now; later lookups see it removing
+        except BaseException:
+            with self._lock.write():
+                obj._removing = False
+            raise
         obj.unlock()
         with self._lock.write():
             del self._by_uuid[obj.uuid]
             del self._by_name[obj.name]
             if obj.id is not None:
                 del self._by_id[obj.id]
+                obj.id = None
 
     def _snapshot(self, active: bool | None) -> list[T]:
         with self._lock.read():
