@@ -11,6 +11,7 @@ Tests that need root or another real-kernel facility ask for it through
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -24,9 +25,9 @@ if HELPERS not in sys.path:
     sys.path.insert(0, HELPERS)
 pytest.register_assert_rewrite("lwtest")
 
-from lwtest import Agent, OtherProcess, need  # noqa: E402
+from lwtest import GUARD, Agent, OtherProcess, need  # noqa: E402
 
-from latchwire import _core  # noqa: E402
+from latchwire import _core, lockorder  # noqa: E402
 
 
 @pytest.fixture
@@ -47,6 +48,32 @@ def ofd_in_this_process() -> Iterator[None]:
     yield
     if posix:
         _core._use_posix_locks(True)
+
+
+@pytest.fixture
+def watchdog() -> Iterator[None]:
+    """A hang (a lost wake-up, a wait that ignores its timeout) ends the run, not stalls it:
+    after GUARD seconds faulthandler dumps every thread's stack and exits. A test file opts
+    in with ``pytestmark = pytest.mark.usefixtures("watchdog")``."""
+    faulthandler.dump_traceback_later(GUARD, exit=True)
+    yield
+    faulthandler.cancel_dump_traceback_later()
+
+
+@pytest.fixture
+def checker() -> Iterator[None]:
+    """The lock-order checker on for the test, knowing no orders; afterwards it forgets
+    them again and is off (unless it was on before the test, as LATCHWIRE_LOCKDEP=1
+    makes it)."""
+    was = lockorder.enabled()
+    lockorder.reset()
+    lockorder.enable()
+    try:
+        yield
+    finally:
+        if not was:
+            lockorder.disable()
+        lockorder.reset()
 
 
 @pytest.fixture

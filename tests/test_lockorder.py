@@ -12,92 +12,23 @@ Every wait is bounded, and a watchdog ends the run if a test hangs anyway.
 from __future__ import annotations
 
 import contextlib
-import faulthandler
 import os
 import random
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from lwtest import BOUND, Worker, here, pairs, site
 
 from latchwire import FileLock, LockOrderError, LockSpace, Mutex, RWLock, lockorder
 
-BOUND = 5.0  # the bound on any handshake with another thread
-GUARD = 120.0  # no test here may take longer: the watchdog then dumps the stacks and exits
+pytestmark = pytest.mark.usefixtures("watchdog")
+
 SEED = 20240611  # the randomised tests are the same every run
-
-
-# ---------------------------------------------------------------------------
-# Local helpers
-
-
-@pytest.fixture(autouse=True)
-def _watchdog() -> Iterator[None]:
-    """A hang ends the run instead of stalling it."""
-    faulthandler.dump_traceback_later(GUARD, exit=True)
-    yield
-    faulthandler.cancel_dump_traceback_later()
-
-
-@pytest.fixture
-def checker() -> Iterator[None]:
-    """The checker on, knowing no orders; off and forgetting them afterwards."""
-    lockorder.reset()
-    lockorder.enable()
-    try:
-        yield
-    finally:
-        lockorder.disable()
-        lockorder.reset()
-
-
-def here() -> int:
-    """The caller's current line number."""
-    return sys._getframe(1).f_lineno
-
-
-def site(line: int) -> str:
-    """How latchwire names a place in this file."""
-    return f"{__file__}:{line}"
-
-
-class Worker:
-    """A daemon thread running fn(*args), started at once; its outcome once done."""
-
-    def __init__(self, fn: Callable[..., Any], *args: Any, name: str | None = None) -> None:
-        self.result: Any = None
-        self.error: BaseException | None = None
-        self.done = threading.Event()
-        self._call = (fn, args)
-        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        fn, args = self._call
-        try:
-            self.result = fn(*args)
-        except BaseException as exc:
-            self.error = exc
-        finally:
-            self.done.set()
-
-    def outcome(self, timeout: float = BOUND) -> Any:
-        """fn's result once it ended (its exception re-raised); fail if it is still running."""
-        assert self.done.wait(timeout), "the thread is still running"
-        self.thread.join(BOUND)
-        if self.error is not None:
-            raise self.error
-        return self.result
-
-
-def pairs() -> set[tuple[str, str]]:
-    """The orders the checker has seen, as (first class, then class)."""
-    return {(order.first, order.then) for order in lockorder.orders()}
 
 
 # ---------------------------------------------------------------------------
@@ -201,9 +132,9 @@ def test_nwfilter_inversion_is_reported(checker: None) -> None:
         lockorder.assert_none_held()
         return str(info.value)
 
-    Worker(rebuild, name="nwfilter-rebuild").outcome()
+    Worker(rebuild, thread_name="nwfilter-rebuild").outcome()
     assert not pairs() & {("domain", "nwfilter-update")}
-    message = Worker(start_domain, name="domain-start").outcome()
+    message = Worker(start_domain, thread_name="domain-start").outcome()
 
     assert "'nwfilter-update'" in message and "'domain'" in message, message
     assert "nwfilter-rebuild" in message and "domain-start" in message, message
@@ -242,7 +173,7 @@ def test_fixed_nwfilter_orders_report_nothing(checker: None, threads: int) -> No
         lockorder.assert_none_held()
         return rebuilds
 
-    workers = [Worker(work, i, name=f"worker-{i}") for i in range(threads)]
+    workers = [Worker(work, i, thread_name=f"worker-{i}") for i in range(threads)]
     rebuilds = [w.outcome(timeout=60) for w in workers]
     assert all(rebuilds), rebuilds
     assert pairs() == {
@@ -263,8 +194,8 @@ def test_three_class_cycle_is_reported_before_blocking(checker: None) -> None:
         with first, then:
             pass
 
-    Worker(nest, a, b, name="t-ab").outcome()
-    Worker(nest, b, c, name="t-bc").outcome()
+    Worker(nest, a, b, thread_name="t-ab").outcome()
+    Worker(nest, b, c, thread_name="t-bc").outcome()
     # Another thread holds A: taking it while holding C would block (and, with the
     # orders above, could deadlock); the checker reports instead of waiting.
     leave = threading.Event()
@@ -275,7 +206,7 @@ def test_three_class_cycle_is_reported_before_blocking(checker: None) -> None:
             held.set()
             assert leave.wait(BOUND)
 
-    holder = Worker(hold_a, name="t-hold-a")
+    holder = Worker(hold_a, thread_name="t-hold-a")
     assert held.wait(BOUND)
     try:
         with c:
@@ -309,7 +240,7 @@ def test_consistent_orders_over_50_classes_report_nothing(checker: None) -> None
                     time.sleep(0)
         lockorder.assert_none_held()
 
-    workers = [Worker(work, i, name=f"worker-{i}") for i in range(4)]
+    workers = [Worker(work, i, thread_name=f"worker-{i}") for i in range(4)]
     for worker in workers:
         worker.outcome(timeout=60)
     seen = pairs()
@@ -381,7 +312,7 @@ def test_filelock_and_mutex_inversion(checker: None, tmp_path: Path) -> None:
         with lock, m:
             return [h[0] for h in lockorder.held()]
 
-    assert Worker(file_then_mutex, name="config-writer").outcome() == [lock, m]
+    assert Worker(file_then_mutex, thread_name="config-writer").outcome() == [lock, m]
     assert (lock.lockfile, "config-cache") in pairs()
     with m:
         with pytest.raises(LockOrderError) as info:

@@ -134,12 +134,25 @@ def test_second_process_busy_at_once_then_gets_lease_after_kill_9(
 # 2. Busy in this process: no descriptor
 
 
+def descriptors_of(path: str) -> list[str]:
+    """This process's descriptors open on path (other descriptors may come and go)."""
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}") == path:
+                found.append(fd)
+        except OSError:  # closed meanwhile (listdir's own descriptor, for one)
+            continue
+    return sorted(found)
+
+
 def test_busy_in_process_answers_at_once_without_opening_a_descriptor(
         tmp_path: Path, agents: Callable[..., Agent]) -> None:
     space = LockSpace(tmp_path / "locks")
     space.acquire("disk", owner="A")
     try:
-        before = os.listdir("/proc/self/fd")
+        resource = str(tmp_path / "locks" / "disk")
+        before = descriptors_of(resource)
         began = time.monotonic()
         with pytest.raises(LockBusy):
             space.acquire("disk", owner="B")
@@ -148,8 +161,7 @@ def test_busy_in_process_answers_at_once_without_opening_a_descriptor(
         with pytest.raises(LockBusy):
             space.acquire("disk", owner="B", autocreate=False)
         elapsed = time.monotonic() - began
-        after = os.listdir("/proc/self/fd")
-        assert len(after) == len(before), (before, after)
+        assert descriptors_of(resource) == before and len(before) == 1, before
         assert elapsed < PROMPT
         assert space.held() == [Lease("disk", "exclusive", ("A",))]
         # A's lock is intact: another process is refused too.

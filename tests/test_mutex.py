@@ -15,129 +15,33 @@ watchdog ends the run if a test hangs anyway.
 
 from __future__ import annotations
 
-import faulthandler
-import platform
-import signal
-import statistics
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
+from lwtest import (
+    BOUND,
+    Worker,
+    assert_on_time,
+    here,
+    interrupted_in_main,
+    site,
+    timeout_overshoots,
+    wait_until_blocked,
+)
 
 import latchwire
 from latchwire import Mutex
 
-BOUND = 5.0  # the bound on any handshake with another thread
-GUARD = 120.0  # no test here may take longer: the watchdog then dumps the stacks and exits
+pytestmark = pytest.mark.usefixtures("watchdog")
 
 LOCKS = [pytest.param(threading.Lock, id="threading.Lock"), pytest.param(Mutex, id="Mutex")]
 
 
 # ---------------------------------------------------------------------------
 # Local helpers
-
-
-@pytest.fixture(autouse=True)
-def _watchdog() -> Iterator[None]:
-    """A hang (a lost wake-up, a wait that ignores its timeout) ends the run, not stalls it."""
-    faulthandler.dump_traceback_later(GUARD, exit=True)
-    yield
-    faulthandler.cancel_dump_traceback_later()
-
-
-def here() -> int:
-    """The caller's current line number."""
-    return sys._getframe(1).f_lineno
-
-
-def site(line: int) -> str:
-    """How latchwire names a place in this file."""
-    return f"{__file__}:{line}"
-
-
-class Worker:
-    """A daemon thread running fn(*args), started at once; its outcome once done."""
-
-    def __init__(self, fn: Callable[..., Any], *args: Any, name: str | None = None) -> None:
-        self.result: Any = None
-        self.error: BaseException | None = None
-        self.tid = 0
-        self.ident = 0
-        self.ended = 0.0
-        self.started = threading.Event()
-        self.done = threading.Event()
-        self._call = (fn, args)
-        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self.thread.start()
-        assert self.started.wait(BOUND), "the thread did not start"
-
-    def _run(self) -> None:
-        fn, args = self._call
-        self.tid = threading.get_native_id()
-        self.ident = threading.get_ident()
-        self.started.set()
-        try:
-            self.result = fn(*args)
-        except BaseException as exc:
-            self.error = exc
-        finally:
-            self.ended = time.monotonic()
-            self.done.set()
-
-    def join(self, timeout: float = BOUND) -> Worker:
-        """Wait (at most timeout) for fn to end; fail if it has not."""
-        assert self.done.wait(timeout), "the thread is still blocked"
-        self.thread.join(BOUND)
-        return self
-
-    def outcome(self, timeout: float = BOUND) -> Any:
-        """fn's result once it ended (its exception re-raised)."""
-        self.join(timeout)
-        if self.error is not None:
-            raise self.error
-        return self.result
-
-
-_FUTEX_NR = {"x86_64": "202", "aarch64": "98"}
-
-
-def _futex_word(tid: int) -> str | None:
-    """The futex word thread tid sleeps on in a lock wait, else None.
-
-    A Mutex waits with FUTEX_WAIT; threading.Lock's untimed wait (sem_wait) with
-    FUTEX_WAIT_BITSET and no timeout. The interpreter's GIL wait is a condition wait
-    with a timeout (FUTEX_WAIT_BITSET, 5 ms), so it is never mistaken for one.
-    """
-    try:
-        with open(f"/proc/self/task/{tid}/syscall") as f:
-            fields = f.read().split()
-    except OSError:
-        return None
-    if len(fields) < 5 or fields[0] != _FUTEX_NR.get(platform.machine()):
-        return None
-    op = int(fields[2], 16) & 0x7F
-    if op == 0 or (op == 9 and int(fields[4], 16) == 0):
-        return fields[1]
-    return None
-
-
-def wait_until_blocked(tid: int, returned: threading.Event, timeout: float = BOUND) -> None:
-    """Return once thread tid sleeps in a lock wait (seen on 3 polls in a row, so a brief
-    pthread-mutex wait inside the interpreter does not count); fail if it returns first."""
-    if platform.machine() not in _FUTEX_NR:
-        pytest.skip(f"futex syscall number unknown on {platform.machine()}")
-    deadline = time.monotonic() + timeout
-    last, streak = None, 0
-    while streak < 3:
-        assert not returned.is_set(), "the call returned instead of blocking"
-        assert time.monotonic() < deadline, "the thread never blocked on the lock"
-        word = _futex_word(tid)
-        streak = streak + 1 if word is not None and word == last else int(word is not None)
-        last = word
-        time.sleep(0.001)
 
 
 def hold_in_thread(lock: Any, release: threading.Event) -> Worker:
@@ -154,7 +58,7 @@ def hold_in_thread(lock: Any, release: threading.Event) -> Worker:
             lock.release()
         return site(line)
 
-    worker = Worker(hold, name="holder")
+    worker = Worker(hold, thread_name="holder")
     assert held.wait(BOUND), f"the holder could not take the lock: {worker.error!r}"
     return worker
 
@@ -286,7 +190,7 @@ def test_release_wakes_a_blocked_waiter(make: Callable[[], Any]) -> None:
             lock.release()
 
     waiter = Worker(take)
-    wait_until_blocked(waiter.tid, waiter.done)
+    wait_until_blocked(waiter.tid, waiter.done, sem_wait=True)
     released_at = time.monotonic()
     lock.release()
     assert waiter.outcome() == (True, True)
@@ -451,60 +355,12 @@ def test_a_waiter_holds_no_gil_and_burns_no_cpu() -> None:
     assert cpu < 0.02, f"the waiter used {cpu * 1000:.1f} ms of CPU in a 0.3 s wait"
 
 
-def _interrupted_in_main(call: Callable[[], Any], give_up: Callable[[], None]) -> str:
-    """Call call() in the main thread while a helper sends it SIGINT (once it is seen
-    blocked, then every 20 ms until call returns, for at most 5 s; then give_up() must
-    end the wait). What happened: "KeyboardInterrupt", or "returned <value>"."""
-    if threading.current_thread() is not threading.main_thread():
-        pytest.skip("signals go to the main thread only")
-    main_tid, main_ident = threading.get_native_id(), threading.get_ident()
-    returned = threading.Event()
-    line = [0]
-
-    def on_sigint(signo: int, frame: Any) -> None:
-        # KeyboardInterrupt only from inside the call, never from the test's own code.
-        if frame is not None and frame.f_code.co_filename == __file__ \
-                and frame.f_lineno == line[0]:
-            raise KeyboardInterrupt
-
-    def interrupt() -> int:
-        sent = 0
-        try:
-            wait_until_blocked(main_tid, returned)
-            deadline = time.monotonic() + BOUND
-            while not returned.is_set() and time.monotonic() < deadline:
-                signal.pthread_kill(main_ident, signal.SIGINT)
-                sent += 1
-                returned.wait(0.02)
-        finally:
-            if not returned.is_set():  # never interrupted: let the call end (and fail)
-                give_up()
-        return sent
-
-    old = signal.signal(signal.SIGINT, on_sigint)
-    try:
-        helper = Worker(interrupt, name="interrupter")
-        try:
-            line[0] = here() + 1
-            outcome = f"returned {call()!r}"
-        except KeyboardInterrupt:
-            outcome = "KeyboardInterrupt"
-        finally:
-            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a late repeat must not hit pytest
-            returned.set()
-            helper.join()
-    finally:
-        signal.signal(signal.SIGINT, old)
-    assert helper.outcome() >= 1
-    return outcome
-
-
 def test_ctrl_c_interrupts_a_blocked_acquire() -> None:
     m = Mutex()
     release = threading.Event()
     holder = hold_in_thread(m, release)
     try:
-        outcome = _interrupted_in_main(m.acquire, release.set)
+        outcome = interrupted_in_main(m.acquire, release.set, sem_wait=True)
         assert outcome == "KeyboardInterrupt"
         assert m.owner is not None and m.owner[0] == holder.ident, \
             f"the interrupted acquire left the lock to {m.owner}"
@@ -524,22 +380,12 @@ def test_timed_out_acquire_is_on_time() -> None:
     m = Mutex()
     release = threading.Event()
     holder = hold_in_thread(m, release)
-    timeout = 0.05
-    overshoots = []
     try:
-        for _ in range(7):
-            t0 = time.monotonic()
-            got = m.acquire(timeout=timeout)
-            elapsed = time.monotonic() - t0
-            assert got is False
-            assert elapsed >= timeout, f"returned after {elapsed:.6f} s, before the timeout"
-            overshoots.append(elapsed - timeout)
+        overshoots = timeout_overshoots(m.acquire, timeout=0.05, rounds=7)
     finally:
         release.set()
         holder.join()
-    report = ", ".join(f"{x * 1000:.3f}" for x in overshoots)
-    assert statistics.median(overshoots) <= 0.002, f"overshoots (ms): {report}"
-    assert max(overshoots) <= 0.05, f"overshoots (ms): {report}"
+    assert_on_time(overshoots, median=0.002, worst=0.05)
 
 
 def test_public_names() -> None:

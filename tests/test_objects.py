@@ -28,15 +28,16 @@ import threading
 import time
 import traceback
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-from lwtest import BOUND, Worker, in_futex_wait, poll_until, wait_in_futex
+from lwtest import BOUND, GUARD, Worker, in_futex_wait, pairs, poll_until, wait_in_futex
 
 from latchwire import Lockable, LockOrderError, Mutex, ObjectList, lockorder
 
-GUARD = 120.0  # no test here may take longer: the watchdog dumps the stacks and exits
+pytestmark = pytest.mark.usefixtures("watchdog")
+
 PROMPT = 0.05  # remove() returns this soon after the holder lets go
 
 KINDS = ["uuid", "name", "id"]
@@ -48,26 +49,6 @@ class Domain(Lockable):
 
 # ---------------------------------------------------------------------------
 # Fixtures and helpers
-
-
-@pytest.fixture(autouse=True)
-def _watchdog() -> Iterator[None]:
-    """A hang ends the run with every thread's stack, instead of stalling it."""
-    faulthandler.dump_traceback_later(GUARD, exit=True)
-    yield
-    faulthandler.cancel_dump_traceback_later()
-
-
-@pytest.fixture
-def checker() -> Iterator[None]:
-    """The lock-order checker on for the test, with no orders remembered before or after."""
-    was = lockorder.enabled()
-    lockorder.reset()
-    lockorder.enable()
-    yield
-    if not was:
-        lockorder.disable()
-    lockorder.reset()
 
 
 def make(doms: ObjectList[Any], uuid: Any, name: str, id: int | None = None,
@@ -90,10 +71,7 @@ def find(doms: ObjectList[Any], kind: str, obj: Lockable, **kwargs: Any) -> Any:
 
 def elsewhere(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """fn(*args, **kwargs) called in another thread (within BOUND); its result, or its error."""
-    worker = Worker(fn, *args, **kwargs).join()
-    if worker.error is not None:
-        raise worker.error
-    return worker.result
+    return Worker(fn, *args, **kwargs).outcome()
 
 
 def lockable_elsewhere(obj: Lockable, read: bool = False) -> bool:
@@ -816,7 +794,7 @@ def test_lock_classes(checker: None) -> None:
     finally:
         dom.unlock()
     assert lockorder.held() == []
-    assert {(o.first, o.then) for o in lockorder.orders()} == {("Domain object", "vms list")}
+    assert pairs() == {("Domain object", "vms list")}
 
     plain: ObjectList[Lockable] = ObjectList("plain")
     obj = plain.add(Lockable("u1", "one", rw=True))
@@ -832,7 +810,7 @@ def test_lock_classes(checker: None) -> None:
             [("vm", "exclusive")]
         assert isinstance(lockorder.held()[0][0], Mutex)
         plain.activate(found, 2)
-    assert {(o.first, o.then) for o in lockorder.orders()} == {
+    assert pairs() == {
         ("Domain object", "vms list"), ("Lockable object", "plain list"), ("vm", "plain list")}
 
 
@@ -876,7 +854,7 @@ def test_normal_use_is_silent_under_the_checker(checker: None) -> None:
 
     elsewhere(use)  # no LockOrderError, no deadlock (within BOUND)
     assert quiescent_problems(doms) == []
-    assert {(o.first, o.then) for o in lockorder.orders()} == {("Domain object", "doms list")}
+    assert pairs() == {("Domain object", "doms list")}
 
 
 NESTED = ["uuid", "name", "id", "for_each", "remove"]
@@ -1221,5 +1199,5 @@ def test_stress(checker: None, reuse: bool) -> None:
     assert all(total[op.__name__] > 20 for op, _ in actors[0].ops_table), total
     assert stress.checks > 20
     assert 0 < len(stress.doms) < len(NAMES)
-    assert {(o.first, o.then) for o in lockorder.orders()} <= {
+    assert pairs() <= {
         ("Lockable object", "stress list")}

@@ -9,119 +9,30 @@ watchdog ends the run if a test hangs anyway.
 
 from __future__ import annotations
 
-import faulthandler
-import platform
-import signal
-import statistics
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from lwtest import (
+    BOUND,
+    Worker,
+    assert_on_time,
+    here,
+    interrupted_in_main,
+    site,
+    timeout_overshoots,
+    wait_until_blocked,
+)
 
 from latchwire import RWLock
 
-BOUND = 5.0  # the bound on any handshake with another thread
-GUARD = 120.0  # no test here may take longer: the watchdog then dumps the stacks and exits
+pytestmark = pytest.mark.usefixtures("watchdog")
 
 
 # ---------------------------------------------------------------------------
 # Local helpers
-
-
-@pytest.fixture(autouse=True)
-def _watchdog() -> Iterator[None]:
-    """A hang (a lost wake-up, a wait that ignores its timeout) ends the run, not stalls it."""
-    faulthandler.dump_traceback_later(GUARD, exit=True)
-    yield
-    faulthandler.cancel_dump_traceback_later()
-
-
-def here() -> int:
-    """The caller's current line number."""
-    return sys._getframe(1).f_lineno
-
-
-def site(line: int) -> str:
-    """How latchwire names a place in this file."""
-    return f"{__file__}:{line}"
-
-
-class Worker:
-    """A daemon thread running fn(*args), started at once; its outcome once done."""
-
-    def __init__(self, fn: Callable[..., Any], *args: Any, name: str | None = None) -> None:
-        self.result: Any = None
-        self.error: BaseException | None = None
-        self.tid = 0
-        self.ident = 0
-        self.ended = 0.0
-        self.started = threading.Event()
-        self.done = threading.Event()
-        self._call = (fn, args)
-        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self.thread.start()
-        assert self.started.wait(BOUND), "the thread did not start"
-
-    def _run(self) -> None:
-        fn, args = self._call
-        self.tid = threading.get_native_id()
-        self.ident = threading.get_ident()
-        self.started.set()
-        try:
-            self.result = fn(*args)
-        except BaseException as exc:
-            self.error = exc
-        finally:
-            self.ended = time.monotonic()
-            self.done.set()
-
-    def join(self, timeout: float = BOUND) -> Worker:
-        """Wait (at most timeout) for fn to end; fail if it has not."""
-        assert self.done.wait(timeout), "the thread is still blocked"
-        self.thread.join(BOUND)
-        return self
-
-    def outcome(self, timeout: float = BOUND) -> Any:
-        """fn's result once it ended (its exception re-raised)."""
-        self.join(timeout)
-        if self.error is not None:
-            raise self.error
-        return self.result
-
-
-_FUTEX_NR = {"x86_64": "202", "aarch64": "98"}
-
-
-def _futex_word(tid: int) -> str | None:
-    """The futex word thread tid sleeps on with FUTEX_WAIT (latchwire's lock waits), else
-    None. The interpreter's GIL wait is a FUTEX_WAIT_BITSET, never mistaken for one."""
-    try:
-        with open(f"/proc/self/task/{tid}/syscall") as f:
-            fields = f.read().split()
-    except OSError:
-        return None
-    if len(fields) < 5 or fields[0] != _FUTEX_NR.get(platform.machine()):
-        return None
-    return fields[1] if int(fields[2], 16) & 0x7F == 0 else None
-
-
-def wait_until_blocked(tid: int, returned: threading.Event, timeout: float = BOUND) -> None:
-    """Return once thread tid sleeps in a lock wait (seen on 3 polls in a row, so a brief
-    pthread-mutex wait inside the interpreter does not count); fail if it returns first."""
-    if platform.machine() not in _FUTEX_NR:
-        pytest.skip(f"futex syscall number unknown on {platform.machine()}")
-    deadline = time.monotonic() + timeout
-    last, streak = None, 0
-    while streak < 3:
-        assert not returned.is_set(), "the call returned instead of blocking"
-        assert time.monotonic() < deadline, "the thread never blocked on the lock"
-        word = _futex_word(tid)
-        streak = streak + 1 if word is not None and word == last else int(word is not None)
-        last = word
-        time.sleep(0.001)
 
 
 def take(acquire: Callable[..., bool], release: Callable[[], None]) -> bool:
@@ -132,9 +43,9 @@ def take(acquire: Callable[..., bool], release: Callable[[], None]) -> bool:
     return got
 
 
-def blocked_worker(fn: Callable[..., Any], *args: Any, name: str | None = None) -> Worker:
+def blocked_worker(fn: Callable[..., Any], *args: Any, thread_name: str | None = None) -> Worker:
     """A Worker running fn(*args), returned once it is seen blocked on a lock."""
-    worker = Worker(fn, *args, name=name)
+    worker = Worker(fn, *args, thread_name=thread_name)
     wait_until_blocked(worker.tid, worker.done)
     return worker
 
@@ -147,7 +58,7 @@ class Holder:
         self.line = 0
         self._held = threading.Event()
         self._release = threading.Event()
-        self.worker = Worker(self._hold, name=f"{mode}-holder")
+        self.worker = Worker(self._hold, thread_name=f"{mode}-holder")
         assert self._held.wait(BOUND), f"the holder could not take the lock: {self.worker.error!r}"
 
     def _hold(self) -> None:
@@ -436,18 +347,8 @@ def test_timeouts_are_honoured(holders: Callable[[RWLock, str], Holder],
     rw = RWLock()
     holder = holders(rw, held)
     acquire = rw.acquire_read if wanted == "read" else rw.acquire_write
-    timeout = 0.05
-    overshoots = []
-    for _ in range(7):
-        t0 = time.monotonic()
-        got = acquire(timeout=timeout)
-        elapsed = time.monotonic() - t0
-        assert got is False
-        assert elapsed >= timeout, f"returned after {elapsed:.6f} s, before the timeout"
-        overshoots.append(elapsed - timeout)
-    report = ", ".join(f"{x * 1000:.3f}" for x in overshoots)
-    assert statistics.median(overshoots) <= 0.002, f"overshoots (ms): {report}"
-    assert max(overshoots) <= 0.05, f"overshoots (ms): {report}"
+    overshoots = timeout_overshoots(acquire, timeout=0.05, rounds=7)
+    assert_on_time(overshoots, median=0.002, worst=0.05)
     if held == "read":
         # The writers that gave up no longer hold new readers back.
         assert rw.acquire_read(blocking=False), "a timed-out writer still keeps readers out"
@@ -493,8 +394,8 @@ def test_downgrade_lets_waiting_readers_in_and_keeps_writers_out() -> None:
             rw.release_write()
         return got
 
-    writer = blocked_worker(write, name="writer")
-    readers = [blocked_worker(read, name=f"reader-{i}") for i in range(2)]
+    writer = blocked_worker(write, thread_name="writer")
+    readers = [blocked_worker(read, thread_name=f"reader-{i}") for i in range(2)]
     try:
         rw.downgrade()
         poll_deadline = time.monotonic() + BOUND
@@ -680,51 +581,13 @@ def test_readers_writer_site_name(holders: Callable[[RWLock, str], Holder]) -> N
 
 def test_ctrl_c_interrupts_a_blocked_acquire_write(
         holders: Callable[[RWLock, str], Holder]) -> None:
-    if threading.current_thread() is not threading.main_thread():
-        pytest.skip("signals go to the main thread only")
     rw = RWLock()
     holder = holders(rw, "read")
-    main_tid, main_ident = threading.get_native_id(), threading.get_ident()
-    returned = threading.Event()
-    line = [0]
-
-    def on_sigint(signo: int, frame: Any) -> None:
-        # KeyboardInterrupt only from inside acquire_write, never from the test's own code.
-        if frame is not None and frame.f_code.co_filename == __file__ \
-                and frame.f_lineno == line[0]:
-            raise KeyboardInterrupt
-
-    def interrupt() -> int:
-        sent = 0
-        try:
-            wait_until_blocked(main_tid, returned)
-            deadline = time.monotonic() + BOUND
-            while not returned.is_set() and time.monotonic() < deadline:
-                signal.pthread_kill(main_ident, signal.SIGINT)
-                sent += 1
-                returned.wait(0.02)
-        finally:
-            if not returned.is_set():  # never interrupted: let the call end (and fail)
-                holder._release.set()
-        return sent
-
-    old = signal.signal(signal.SIGINT, on_sigint)
     try:
-        helper = Worker(interrupt, name="interrupter")
-        try:
-            line[0] = here() + 1
-            outcome = f"returned {rw.acquire_write()!r}"
-        except KeyboardInterrupt:
-            outcome = "KeyboardInterrupt"
-        finally:
-            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a late repeat must not hit pytest
-            returned.set()
-            helper.join()
+        outcome = interrupted_in_main(rw.acquire_write, holder._release.set)
     finally:
-        signal.signal(signal.SIGINT, old)
-        if rw.writer is not None and rw.writer[0] == main_ident:
+        if rw.writer is not None and rw.writer[0] == threading.get_ident():
             rw.release_write()
-    assert helper.outcome() >= 1
     assert outcome == "KeyboardInterrupt"
     assert rw.writer is None, "the interrupted acquire_write took the lock"
     assert [r[0] for r in rw.readers] == [holder.ident]

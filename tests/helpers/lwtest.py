@@ -16,8 +16,15 @@ The other parties the tests meet:
 Whether a waiter is blocked is observed in the kernel, never guessed from a
 sleep: a ``->`` line in /proc/locks for a kernel wait (``kernel_waiters``,
 ``wait_in_kernel``), the thread sitting in ``futex(FUTEX_WAIT)`` for a wait on
-latchwire's in-process record (``in_futex_wait``, ``wait_in_futex``). Every
-wait is bounded, so a bug fails a test instead of hanging it.
+latchwire's in-process record (``in_futex_wait``, ``wait_in_futex``) or on a
+Mutex or RWLock (``wait_until_blocked``, which also serves ``interrupted_in_main``).
+Every wait is bounded, so a bug fails a test instead of hanging it; the
+``watchdog`` fixture (``GUARD``) ends the run if a test hangs anyway.
+
+For the in-process locks (Mutex, RWLock, the lock-order checker): ``here`` and
+``site`` name a place as latchwire does, ``timeout_overshoots`` and
+``assert_on_time`` judge timed-out acquires, ``pairs`` lists the orders the
+checker has seen.
 """
 
 from __future__ import annotations
@@ -27,6 +34,8 @@ import multiprocessing
 import os
 import platform
 import select
+import signal
+import statistics
 import subprocess
 import sys
 import threading
@@ -37,12 +46,13 @@ from typing import Any
 
 import pytest
 
-from latchwire import FileLock
+from latchwire import FileLock, lockorder
 
 AGENT = Path(__file__).resolve().parent / "lock_agent.py"
 WAIT = 10.0  # the bound on any one wait for another process (Agents, forked children)
 BOUND = 5.0  # the bound on a handshake with a Worker thread or an OtherProcess
 WATCHDOG = 15.0  # an idle OtherProcess drops its locks and exits after this long
+GUARD = 120.0  # the ``watchdog`` fixture dumps every stack and ends the run after this long
 LATCHWIRE = [sys.executable, "-m", "latchwire"]
 REQUIRE_KERNEL = os.environ.get("LATCHWIRE_REQUIRE_KERNEL") == "1"
 
@@ -311,10 +321,13 @@ class Worker:
     The thread has started when the constructor returns. ``tid`` is its native
     id (for /proc), ``ident`` its threading ident, ``cpu`` the CPU time it used,
     ``ended`` the monotonic time right after fn returned or raised, ``done`` is
-    set then, and ``result`` or ``error`` says how.
+    set then, and ``result`` or ``error`` says how (``outcome()`` gives both at
+    once). ``thread_name`` names the thread (the lock-order checker's reports
+    name threads); every other keyword goes to fn.
     """
 
-    def __init__(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+    def __init__(self, fn: Callable[..., Any], *args: Any, thread_name: str | None = None,
+                 **kwargs: Any) -> None:
         self.result: Any = None
         self.error: BaseException | None = None
         self.ended = 0.0
@@ -324,9 +337,9 @@ class Worker:
         self.started = threading.Event()
         self.done = threading.Event()
         self._call = (fn, args, kwargs)
-        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread = threading.Thread(target=self._run, name=thread_name, daemon=True)
         self.thread.start()
-        assert self.started.wait(BOUND)
+        assert self.started.wait(BOUND), "the thread did not start"
 
     def _run(self) -> None:
         fn, args, kwargs = self._call
@@ -349,6 +362,13 @@ class Worker:
         self.thread.join(BOUND)
         return self
 
+    def outcome(self, timeout: float = BOUND) -> Any:
+        """fn's result once it has ended (its exception re-raised); fail after timeout."""
+        self.join(timeout)
+        if self.error is not None:
+            raise self.error
+        return self.result
+
 
 def poll_until(condition: Callable[[], bool], what: str, timeout: float = BOUND) -> None:
     """Return once condition() holds (checked every 0.5 ms); fail after timeout."""
@@ -362,6 +382,30 @@ def poll_until(condition: Callable[[], bool], what: str, timeout: float = BOUND)
 _FUTEX = {"x86_64": 202, "aarch64": 98}  # the futex syscall's number
 
 
+def futex_word(tid: int, sem_wait: bool = False) -> str | None:
+    """The futex word thread tid of this process sleeps on in futex(FUTEX_WAIT), else None.
+
+    latchwire's waits (a lock file's in-process record, a Mutex, an RWLock) use
+    FUTEX_WAIT. Python's own locks and conditions wait with FUTEX_WAIT_BITSET:
+    with ``sem_wait`` an untimed one counts too (threading.Lock's untimed
+    acquire, a sem_wait). The interpreter's GIL wait is a condition wait with a
+    timeout (FUTEX_WAIT_BITSET, 5 ms), so it is never mistaken for a lock wait.
+    The word's address (as /proc/self/task/TID/syscall shows it) tells one wait
+    from the next; None also where the futex syscall number is unknown.
+    """
+    try:
+        with open(f"/proc/self/task/{tid}/syscall") as f:
+            fields = f.read().split()
+    except OSError:
+        return None
+    if len(fields) < 5 or fields[0] != str(_FUTEX.get(platform.machine())):
+        return None
+    op = int(fields[2], 16) & 0x7F
+    if op == 0 or (sem_wait and op == 9 and int(fields[4], 16) == 0):
+        return fields[1]
+    return None
+
+
 def in_futex_wait(tid: int) -> bool:
     """Whether thread tid of this process sleeps in futex(FUTEX_WAIT): latchwire's record.
 
@@ -370,12 +414,7 @@ def in_futex_wait(tid: int) -> bool:
     """
     nr = _FUTEX.get(platform.machine())
     need(nr is not None, f"futex syscall number unknown on {platform.machine()}")
-    try:
-        with open(f"/proc/self/task/{tid}/syscall") as f:
-            fields = f.read().split()
-    except OSError:
-        return False
-    return len(fields) > 2 and fields[0] == str(nr) and int(fields[2], 16) & 0x7F == 0
+    return futex_word(tid) is not None
 
 
 def wait_in_futex(worker: Worker, timeout: float = BOUND) -> None:
@@ -383,6 +422,134 @@ def wait_in_futex(worker: Worker, timeout: float = BOUND) -> None:
     poll_until(lambda: in_futex_wait(worker.tid) or worker.done.is_set(),
                "the thread waits on the in-process record", timeout)
     assert not worker.done.is_set(), f"the thread did not wait: {worker.error!r}"
+
+
+def wait_until_blocked(tid: int, returned: threading.Event, timeout: float = BOUND,
+                       sem_wait: bool = False) -> None:
+    """Return once thread tid sleeps in a lock wait; fail if returned is set first.
+
+    The wait is ``futex_word(tid, sem_wait)``, seen on the same word on 3 polls in
+    a row (1 ms apart), so a brief pthread-mutex wait inside the interpreter does
+    not count. Stricter than ``wait_in_futex``, and for any thread (the main one
+    too), not only a Worker. Skips where the futex syscall number is unknown.
+    """
+    if platform.machine() not in _FUTEX:
+        pytest.skip(f"futex syscall number unknown on {platform.machine()}")
+    deadline = time.monotonic() + timeout
+    last, streak = None, 0
+    while streak < 3:
+        assert not returned.is_set(), "the call returned instead of blocking"
+        assert time.monotonic() < deadline, "the thread never blocked on the lock"
+        word = futex_word(tid, sem_wait)
+        streak = streak + 1 if word is not None and word == last else int(word is not None)
+        last = word
+        time.sleep(0.001)
+
+
+def interrupted_in_main(call: Callable[[], Any], give_up: Callable[[], None],
+                        sem_wait: bool = False) -> str:
+    """Call call() in the main thread while a helper thread sends it SIGINT; what happened.
+
+    The helper waits until the main thread is seen blocked (``wait_until_blocked``
+    with ``sem_wait``), then sends SIGINT every 20 ms until call returns, for at
+    most BOUND s; if call has still not returned then, give_up() must end its wait.
+    KeyboardInterrupt is raised only from inside call, never from other code of
+    the test. The answer: "KeyboardInterrupt", or "returned <value>". Skips
+    outside the main thread (signals go to the main thread only); fails unless
+    at least one SIGINT was sent.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signals go to the main thread only")
+    main_tid, main_ident = threading.get_native_id(), threading.get_ident()
+    returned = threading.Event()
+    line = [0]
+
+    def on_sigint(signo: int, frame: Any) -> None:
+        # KeyboardInterrupt only from inside the call, never from the test's own code.
+        if frame is not None and frame.f_code.co_filename == __file__ \
+                and frame.f_lineno == line[0]:
+            raise KeyboardInterrupt
+
+    def interrupt() -> int:
+        sent = 0
+        try:
+            wait_until_blocked(main_tid, returned, sem_wait=sem_wait)
+            deadline = time.monotonic() + BOUND
+            while not returned.is_set() and time.monotonic() < deadline:
+                signal.pthread_kill(main_ident, signal.SIGINT)
+                sent += 1
+                returned.wait(0.02)
+        finally:
+            if not returned.is_set():  # never interrupted: let the call end (and fail)
+                give_up()
+        return sent
+
+    old = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        helper = Worker(interrupt, thread_name="interrupter")
+        try:
+            line[0] = here() + 1
+            outcome = f"returned {call()!r}"
+        except KeyboardInterrupt:
+            outcome = "KeyboardInterrupt"
+        finally:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a late repeat must not hit pytest
+            returned.set()
+            helper.join()
+    finally:
+        signal.signal(signal.SIGINT, old)
+    assert helper.outcome() >= 1
+    return outcome
+
+
+# ---------------------------------------------------------------------------
+# In-process locks: sites, timeouts, the lock-order checker
+
+
+def here() -> int:
+    """The caller's current line number."""
+    return sys._getframe(1).f_lineno
+
+
+def site(line: int) -> str:
+    """How latchwire names line of the caller's file: ``FILE:LINE``."""
+    return f"{sys._getframe(1).f_code.co_filename}:{line}"
+
+
+def timeout_overshoots(acquire: Callable[..., bool], timeout: float = 0.05,
+                       rounds: int = 7) -> list[float]:
+    """Call acquire(timeout=timeout) rounds times on a lock held elsewhere; how late each was.
+
+    Each call must return False, and never before the timeout; the overshoots
+    are in seconds.
+    """
+    overshoots = []
+    for _ in range(rounds):
+        t0 = time.monotonic()
+        got = acquire(timeout=timeout)
+        elapsed = time.monotonic() - t0
+        assert got is False
+        assert elapsed >= timeout, f"returned after {elapsed:.6f} s, before the timeout"
+        overshoots.append(elapsed - timeout)
+    return overshoots
+
+
+def assert_on_time(overshoots: Sequence[float], median: float = 0.002,
+                   worst: float = 0.05) -> None:
+    """Fail unless the median overshoot is within median s and the largest within worst s.
+
+    Judged by the median because this VM has multi-ms scheduling hiccups that
+    threading.Lock's own timed waits show too; the worst bound still catches a
+    lost wake-up or a polling wait.
+    """
+    report = ", ".join(f"{x * 1000:.3f}" for x in overshoots)
+    assert statistics.median(overshoots) <= median, f"overshoots (ms): {report}"
+    assert max(overshoots) <= worst, f"overshoots (ms): {report}"
+
+
+def pairs() -> set[tuple[str, str]]:
+    """The orders the lock-order checker has seen, as (first class, then class)."""
+    return {(order.first, order.then) for order in lockorder.orders()}
 
 
 # ---------------------------------------------------------------------------
