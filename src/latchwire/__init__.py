@@ -1,6 +1,6 @@
 """latchwire: locking and netlink for Linux system daemons, with a compiled core."""
 
-from latchwire import lockorder
+from latchwire import lockorder, netlink
 from latchwire._core import Mutex, RWLock, wake_signal
 from latchwire.errors import (
     DumpInterrupted,
@@ -33,6 +33,7 @@ __all__ = [
     "ProtocolError",
     "RWLock",
     "lockorder",
+    "netlink",
     "resource_name",
     "wake_signal",
 ]

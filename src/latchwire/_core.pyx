@@ -11,6 +11,8 @@ own modules cannot. One concept per included file:
 - _lockdep.pxi: the lock-order checker's fast path (latchwire.lockorder has
   the order graph).
 - _mutex.pxi: Mutex and RWLock.
+- _netlink.pxi: netlink channels (one kernel socket each) and the bounds-checked
+  message and attribute parser.
 
 The rule for all of them: object state is read and written with the GIL held;
 the GIL is released only around a call that may block (a kernel lock wait, a
@@ -20,12 +22,13 @@ futex wait, open), and no shared state is touched while it is released.
 cimport cython
 from cpython.pythread cimport PyThread_get_thread_ident
 from cpython.ref cimport Py_DECREF, Py_INCREF
-from libc.errno cimport EACCES, EAGAIN, EINTR, EINVAL, ELOOP, ENOENT, ETIMEDOUT, errno
+from libc.errno cimport EACCES, EAGAIN, EINTR, EINVAL, ELOOP, ENOBUFS, ENOENT, ETIMEDOUT, errno
+from libc.stdlib cimport abort
 from libc.signal cimport SIG_DFL
 from libc.string cimport memset
 from posix.fcntl cimport (F_DUPFD_CLOEXEC, F_RDLCK, F_SETFD, F_SETLK, F_SETLKW, F_UNLCK,
                           F_WRLCK, FD_CLOEXEC, O_CLOEXEC,
-                          O_CREAT, O_NOCTTY, O_NONBLOCK, O_RDWR, SEEK_SET,
+                          O_CREAT, O_NOCTTY, O_NONBLOCK, O_RDONLY, O_RDWR, SEEK_SET,
                           flock, open)
 from posix.fcntl cimport fcntl as c_fcntl
 from posix.signal cimport (SIG_SETMASK, SIG_UNBLOCK, sigaction, sigaction_t, sigaddset,
@@ -44,6 +47,7 @@ from latchwire._linux cimport (F_OFD_SETLK, F_OFD_SETLKW, lw_futex_wait, lw_fute
 from latchwire._posix cimport O_NOFOLLOW, TIMER_ABSTIME, pthread_atfork, pthread_sigmask
 
 import os as _os
+import socket as _socket
 import weakref as _weakref
 
 from latchwire.errors import LockBusy, LockCancelled, LockTimeout
@@ -68,3 +72,4 @@ include "_wakesignal.pxi"
 include "_lockdep.pxi"
 include "_filelock.pxi"
 include "_mutex.pxi"
+include "_netlink.pxi"

@@ -78,3 +78,51 @@ cdef extern from *  nogil:
     int lw_futex_wait(unsigned int *word, unsigned int val, const timespec *rel)
     void lw_futex_wake(unsigned int *word)
     unsigned long lw_thread_serial()
+
+
+# Netlink sockets and namespaces.
+cdef extern from "<sys/socket.h>" nogil:
+    ctypedef unsigned int socklen_t
+    ctypedef unsigned short sa_family_t
+    enum: AF_NETLINK
+    enum: SOCK_RAW
+    enum: SOCK_CLOEXEC
+    enum: SOL_SOCKET
+    enum: SO_RCVBUF
+    enum: SO_RCVBUFFORCE
+    enum: MSG_PEEK
+    enum: MSG_TRUNC
+    enum: MSG_DONTWAIT
+    struct sockaddr:
+        sa_family_t sa_family
+    int socket(int domain, int type, int protocol)
+    int bind(int fd, const sockaddr *addr, socklen_t len)
+    int connect(int fd, const sockaddr *addr, socklen_t len)
+    int getsockname(int fd, sockaddr *addr, socklen_t *len)
+    int setsockopt(int fd, int level, int name, const void *value, socklen_t len)
+    ssize_t recv(int fd, void *buf, size_t len, int flags)
+    ssize_t send(int fd, const void *buf, size_t len, int flags)
+
+cdef extern from "<linux/netlink.h>" nogil:
+    struct sockaddr_nl:
+        sa_family_t nl_family
+        unsigned int nl_pid
+        unsigned int nl_groups
+    enum: SOL_NETLINK
+    enum: NETLINK_ADD_MEMBERSHIP
+    enum: NETLINK_DROP_MEMBERSHIP
+    enum: NETLINK_CAP_ACK
+    enum: NETLINK_EXT_ACK
+    enum: NETLINK_GET_STRICT_CHK
+
+cdef extern from "<poll.h>" nogil:
+    struct pollfd:
+        int fd
+        short events
+        short revents
+    enum: POLLIN
+    int poll(pollfd *fds, unsigned long nfds, int timeout)
+
+cdef extern from "<sched.h>" nogil:
+    enum: CLONE_NEWNET
+    int setns(int fd, int nstype)

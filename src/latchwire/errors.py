@@ -52,12 +52,15 @@ class NetlinkError(OSError):
     """The kernel answered a netlink request with an error.
 
     ``errno`` is the kernel's error number; ``msg`` is the extended-ACK text
-    when the kernel gave one (else ``None``).
+    when the kernel gave one (else ``None``), and ``offset`` the offset in the
+    request the kernel pointed at (else ``None``).
     """
 
-    def __init__(self, err: int, msg: str | None = None) -> None:
-        super().__init__(err, msg or os.strerror(err))
+    def __init__(self, err: int, msg: str | None = None, offset: int | None = None) -> None:
+        text = os.strerror(err) if msg is None else f"{os.strerror(err)}: {msg}"
+        super().__init__(err, text)
         self.msg = msg
+        self.offset = offset
 
 
 class DumpInterrupted(NetlinkError):

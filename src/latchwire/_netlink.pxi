@@ -1,0 +1,402 @@
+# Included by _core.pyx: netlink channels (one kernel socket each) and the
+# bounds-checked message and attribute parser.
+#
+# A _Channel is created in a network namespace by a short setns() hop of the
+# calling thread (GIL held, so no Python code runs in between), bound to a
+# kernel-chosen port id, and connected to the kernel (port 0), so that the
+# kernel refuses datagrams from other sockets. Receiving peeks at the
+# datagram's true length first (MSG_PEEK|MSG_TRUNC), so a datagram of any size
+# comes out whole; the GIL is released only while waiting for one.
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from libc.stdint cimport int32_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.string cimport memcpy
+
+from latchwire._linux cimport (AF_NETLINK, CLONE_NEWNET, MSG_DONTWAIT, MSG_PEEK, MSG_TRUNC,
+                               NETLINK_ADD_MEMBERSHIP, NETLINK_CAP_ACK,
+                               NETLINK_DROP_MEMBERSHIP, NETLINK_EXT_ACK,
+                               NETLINK_GET_STRICT_CHK, POLLIN, SO_RCVBUF, SO_RCVBUFFORCE,
+                               SOCK_CLOEXEC, SOCK_RAW, SOL_NETLINK, SOL_SOCKET, bind, connect,
+                               getsockname, poll, pollfd, recv, send, setns, setsockopt,
+                               sockaddr, sockaddr_nl, socket, socklen_t)
+from latchwire.errors import Overrun, ProtocolError
+
+cdef enum:
+    NLMSG_HDRLEN = 16
+    NLA_HDRLEN = 4
+    NLA_TYPE_MASK = 0x3fff          # ~(NLA_F_NESTED | NLA_F_NET_BYTEORDER)
+    NL_PEEK_BUFFER = 65536          # datagrams up to this size take one copy
+
+
+cdef inline Py_ssize_t nl_align(Py_ssize_t n) noexcept nogil:
+    return (n + 3) & ~3
+
+
+# Set an int socket option; 0 or a positive errno.
+cdef int lw_setsockopt_int(int fd, int level, int name, int value) noexcept nogil:
+    if setsockopt(fd, level, name, &value, sizeof(value)) != 0:
+        return errno
+    return 0
+
+
+# A netlink socket of protocol, created in the namespace netns_fd (-1: the
+# calling thread's), bound and connected to the kernel; its port id in *pid.
+# Returns the descriptor, or -1 with *err a positive errno (nothing left open).
+cdef int lw_nl_open(int protocol, int netns_fd, unsigned int *pid, int *err) noexcept nogil:
+    cdef int fd, home = -1
+    cdef sockaddr_nl addr
+    cdef socklen_t addrlen = sizeof(addr)
+    if netns_fd >= 0:
+        home = open(b"/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC)
+        if home < 0 or setns(netns_fd, CLONE_NEWNET) != 0:
+            err[0] = errno
+            if home >= 0:
+                close(home)
+            return -1
+    fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, protocol)
+    err[0] = errno if fd < 0 else 0
+    if home >= 0:
+        if setns(home, CLONE_NEWNET) != 0:
+            abort()     # this thread would stay in another namespace: nothing is safe now
+        close(home)
+    if fd < 0:
+        return -1
+    memset(&addr, 0, sizeof(addr))
+    addr.nl_family = AF_NETLINK
+    if bind(fd, <sockaddr *>&addr, sizeof(addr)) != 0 \
+            or getsockname(fd, <sockaddr *>&addr, &addrlen) != 0:
+        err[0] = errno
+        close(fd)
+        return -1
+    pid[0] = addr.nl_pid
+    memset(&addr, 0, sizeof(addr))
+    addr.nl_family = AF_NETLINK     # port 0: the kernel, and only the kernel
+    if connect(fd, <sockaddr *>&addr, sizeof(addr)) != 0:
+        err[0] = errno
+        close(fd)
+        return -1
+    return fd
+
+
+@cython.final
+@cython.auto_pickle(False)
+cdef class _Channel:
+    """One netlink socket: created in a namespace, connected to the kernel.
+
+    Owned by one thread at a time (the netlink.Socket using it).
+    """
+    cdef readonly int fd
+    cdef readonly unsigned int pid
+    cdef bytearray peek        # reused receive buffer
+
+    def __cinit__(self, int protocol, int netns_fd=-1, int rcvbuf=0, bint strict=False):
+        cdef int err = 0
+        self.fd = -1
+        with nogil:
+            self.fd = lw_nl_open(protocol, netns_fd, &self.pid, &err)
+        if self.fd < 0:
+            raise _oserror(err)
+        # Errors with the kernel's text and offset, and without the request echoed.
+        err = lw_setsockopt_int(self.fd, SOL_NETLINK, NETLINK_EXT_ACK, 1)
+        if not err:
+            err = lw_setsockopt_int(self.fd, SOL_NETLINK, NETLINK_CAP_ACK, 1)
+        if not err and strict:
+            err = lw_setsockopt_int(self.fd, SOL_NETLINK, NETLINK_GET_STRICT_CHK, 1)
+        if not err and rcvbuf > 0:
+            err = lw_setsockopt_int(self.fd, SOL_SOCKET, SO_RCVBUFFORCE, rcvbuf)
+            if err:
+                err = lw_setsockopt_int(self.fd, SOL_SOCKET, SO_RCVBUF, rcvbuf)
+        if err:
+            self.close()
+            raise _oserror(err)
+        self.peek = bytearray(NL_PEEK_BUFFER)
+
+    def __dealloc__(self):
+        if self.fd >= 0:
+            close(self.fd)
+
+    def close(self):
+        """Close the socket (idempotent)."""
+        if self.fd >= 0:
+            close(self.fd)
+            self.fd = -1
+
+    cdef int _check_open(self) except -1:
+        if self.fd < 0:
+            raise ValueError("netlink channel is closed")
+        return 0
+
+    def membership(self, int group, bint join):
+        """Join (or leave) multicast group number group."""
+        self._check_open()
+        cdef int err = lw_setsockopt_int(self.fd, SOL_NETLINK,
+                                         NETLINK_ADD_MEMBERSHIP if join
+                                         else NETLINK_DROP_MEMBERSHIP, group)
+        if err:
+            raise _oserror(err)
+
+    def send(self, const unsigned char[::1] data):
+        """Send one datagram to the kernel (blocking only while the socket is full)."""
+        self._check_open()
+        if data.shape[0] == 0:
+            raise ValueError("an empty datagram")
+        cdef ssize_t n
+        cdef int err = 0
+        while True:
+            with nogil:
+                n = send(self.fd, &data[0], data.shape[0], 0)
+                if n < 0:
+                    err = errno
+            if n >= 0:
+                return
+            if err != EINTR:
+                raise _oserror(err)
+            PyErr_CheckSignals()
+
+    def recv(self, timeout=None):
+        """The next datagram, whole, or None if none came within timeout (0: do not wait).
+
+        Overrun (ENOBUFS) if the kernel had to drop messages for this socket;
+        the socket stays usable. A signal handler's exception ends a wait.
+        """
+        self._check_open()
+        cdef double deadline = -1 if timeout is None else lw_now() + <double>timeout
+        cdef pollfd pfd
+        cdef ssize_t n
+        cdef int rc, wait_ms, err
+        cdef char *buf = self.peek
+        cdef bytes whole
+        while True:
+            with nogil:
+                n = recv(self.fd, buf, NL_PEEK_BUFFER, MSG_PEEK | MSG_TRUNC | MSG_DONTWAIT)
+                err = errno if n < 0 else 0
+            if n >= 0:
+                break
+            if err == ENOBUFS:
+                raise Overrun(ENOBUFS, "netlink notifications were lost: resync")
+            if err == EINTR:
+                PyErr_CheckSignals()
+                continue
+            if err != EAGAIN:
+                raise _oserror(err)
+            if deadline < 0:
+                wait_ms = -1
+            else:
+                wait_ms = <int>((deadline - lw_now()) * 1000 + 0.999)
+                if wait_ms <= 0:
+                    return None
+            pfd.fd = self.fd
+            pfd.events = POLLIN
+            with nogil:
+                rc = poll(&pfd, 1, wait_ms)
+                err = errno if rc < 0 else 0
+            if rc < 0 and err == EINTR:
+                PyErr_CheckSignals()
+            elif rc < 0:
+                raise _oserror(err)
+        if n <= NL_PEEK_BUFFER:
+            whole = PyBytes_FromStringAndSize(buf, n)
+            with nogil:
+                n = recv(self.fd, NULL, 0, MSG_TRUNC | MSG_DONTWAIT)     # consume it
+        else:
+            whole = PyBytes_FromStringAndSize(NULL, n)
+            buf = PyBytes_AS_STRING(whole)
+            with nogil:
+                n = recv(self.fd, buf, n, MSG_DONTWAIT)
+        if n < 0:
+            raise _oserror(errno)
+        return whole
+
+
+# ---------------------------------------------------------------------------
+# Messages and attributes
+
+cdef inline uint16_t rd16(const unsigned char *p) noexcept nogil:
+    cdef uint16_t v
+    memcpy(&v, p, 2)
+    return v
+
+
+cdef inline uint32_t rd32(const unsigned char *p) noexcept nogil:
+    cdef uint32_t v
+    memcpy(&v, p, 4)
+    return v
+
+
+def parse(bytes buf not None):
+    """Split a received datagram into Messages; ProtocolError if it is malformed.
+
+    Every length is checked against the buffer: a truncated header, a length
+    below the header's or past the end, or trailing bytes that are no message
+    raise ProtocolError, never read outside buf.
+    """
+    cdef const unsigned char *p = <const unsigned char *>PyBytes_AS_STRING(buf)
+    cdef Py_ssize_t size = PyBytes_GET_SIZE(buf), off = 0
+    cdef uint32_t length
+    cdef Message msg
+    cdef list msgs = []
+    while off < size:
+        if size - off < NLMSG_HDRLEN:
+            raise ProtocolError(f"truncated netlink header: {size - off} bytes at offset {off}")
+        length = rd32(p + off)
+        if length < NLMSG_HDRLEN or length > size - off:
+            raise ProtocolError(f"netlink message length {length} at offset {off} does not fit "
+                                f"the {size - off} bytes left")
+        msg = Message.__new__(Message)
+        msg.buf = buf
+        msg.start = off + NLMSG_HDRLEN
+        msg.end = off + length
+        msg.type = rd16(p + off + 4)
+        msg.flags = rd16(p + off + 6)
+        msg.seq = rd32(p + off + 8)
+        msg.pid = rd32(p + off + 12)
+        msgs.append(msg)
+        off += nl_align(length)
+    return msgs
+
+
+@cython.final
+@cython.auto_pickle(False)
+cdef class Message:
+    """One netlink message of a received buffer (parse() makes them)."""
+    cdef readonly int type
+    cdef readonly int flags
+    cdef readonly unsigned int seq
+    cdef readonly unsigned int pid
+    cdef bytes buf
+    cdef Py_ssize_t start, end       # the payload, after the 16-byte header
+
+    def __repr__(self):
+        return (f"<netlink.Message type={self.type} flags={self.flags:#x} seq={self.seq} "
+                f"pid={self.pid} {self.end - self.start} bytes>")
+
+    @property
+    def payload(self):
+        """The bytes after the netlink header."""
+        return self.buf[self.start:self.end]
+
+    def attrs(self, Py_ssize_t hdrlen=0):
+        """The attributes after hdrlen bytes of family header; ProtocolError if malformed."""
+        if hdrlen < 0 or nl_align(hdrlen) > self.end - self.start:
+            raise ProtocolError(f"family header of {hdrlen} bytes does not fit a "
+                                f"{self.end - self.start}-byte payload")
+        return _attrs(self.buf, self.start + nl_align(hdrlen), self.end)
+
+
+# The attributes of buf[start:end], checked and indexed.
+cdef Attrs _attrs(bytes buf, Py_ssize_t start, Py_ssize_t end):
+    cdef const unsigned char *p = <const unsigned char *>PyBytes_AS_STRING(buf)
+    cdef Py_ssize_t off = start
+    cdef uint16_t length
+    cdef Attrs attrs = Attrs.__new__(Attrs)
+    attrs.buf = buf
+    attrs.spans = []
+    attrs.index = {}
+    while off < end:
+        if end - off < NLA_HDRLEN:
+            raise ProtocolError(f"truncated attribute header: {end - off} bytes at offset {off}")
+        length = rd16(p + off)
+        if length < NLA_HDRLEN or length > end - off:
+            raise ProtocolError(f"attribute length {length} at offset {off} does not fit the "
+                                f"{end - off} bytes left")
+        span = (rd16(p + off + 2) & NLA_TYPE_MASK, off + NLA_HDRLEN, off + length)
+        attrs.spans.append(span)
+        attrs.index[span[0]] = span
+        off += nl_align(length)
+    return attrs
+
+
+@cython.final
+@cython.auto_pickle(False)
+cdef class Attrs:
+    """The attributes of a message (or of a nested attribute): type -> value bytes.
+
+    ``a[t]`` is the last attribute of type t (KeyError if none); ``a.all(t)``
+    every one, in order. Types have NLA_F_NESTED and NLA_F_NET_BYTEORDER masked
+    off. The typed getters raise ProtocolError when the value has the wrong size.
+    """
+    cdef bytes buf
+    cdef list spans            # (type, start, end) in order
+    cdef dict index            # type -> its last span
+
+    def __len__(self):
+        return len(self.spans)
+
+    def __contains__(self, t):
+        return t in self.index
+
+    def __iter__(self):
+        return iter(self.index)
+
+    def __repr__(self):
+        return f"<netlink.Attrs {sorted(self.index)}>"
+
+    cdef tuple _span(self, int t):
+        span = self.index.get(t)
+        if span is None:
+            raise KeyError(t)
+        return span
+
+    def __getitem__(self, int t):
+        cdef tuple span = self._span(t)
+        return self.buf[span[1]:span[2]]
+
+    def get(self, int t, default=None):
+        """The value of attribute t, or default."""
+        span = self.index.get(t)
+        return default if span is None else self.buf[span[1]:span[2]]
+
+    def all(self, int t):
+        """The values of every attribute of type t, in order."""
+        return [self.buf[s[1]:s[2]] for s in self.spans if s[0] == t]
+
+    def items(self):
+        """(type, value) of every attribute, in order."""
+        return [(s[0], self.buf[s[1]:s[2]]) for s in self.spans]
+
+    cdef const unsigned char *_sized(self, int t, Py_ssize_t size) except NULL:
+        cdef tuple span = self._span(t)
+        cdef Py_ssize_t start = span[1], end = span[2]
+        if end - start != size:
+            raise ProtocolError(f"attribute {t} has {end - start} bytes, not {size}")
+        return <const unsigned char *>PyBytes_AS_STRING(self.buf) + start
+
+    def u8(self, int t):
+        return self._sized(t, 1)[0]
+
+    def u16(self, int t):
+        return rd16(self._sized(t, 2))
+
+    def u32(self, int t):
+        return rd32(self._sized(t, 4))
+
+    def s32(self, int t):
+        return <int32_t>rd32(self._sized(t, 4))
+
+    def u64(self, int t):
+        cdef uint64_t v
+        memcpy(&v, self._sized(t, 8), 8)
+        return v
+
+    def str(self, int t):
+        """A string attribute, without its terminating NUL (UTF-8, errors replaced)."""
+        cdef bytes value = self[t]
+        return value.split(b"\0", 1)[0].decode("utf-8", "replace")
+
+    def ip(self, int t):
+        """An IPv4 or IPv6 address attribute, as text."""
+        cdef bytes value = self[t]
+        if len(value) == 4:
+            return _socket.inet_ntop(_socket.AF_INET, value)
+        if len(value) == 16:
+            return _socket.inet_ntop(_socket.AF_INET6, value)
+        raise ProtocolError(f"attribute {t} has {len(value)} bytes: no IP address")
+
+    def mac(self, int t):
+        """A link-layer address attribute as aa:bb:cc:..."""
+        return ":".join(f"{b:02x}" for b in self[t])
+
+    def nested(self, int t):
+        """The attributes nested in attribute t."""
+        cdef tuple span = self._span(t)
+        return _attrs(self.buf, span[1], span[2])

@@ -1,0 +1,479 @@
+"""Netlink sockets: transactions, dumps and multicast on one socket object.
+
+``Socket`` carries requests, dumps and multicast notifications at once, with
+Open vSwitch's copy-on-write rules: a dump reads the socket's kernel channel
+until the caller does anything else on the socket, and then keeps that channel
+for itself while the socket takes a fresh one; a dump on a socket that joined
+multicast groups, or that already has a dump running, runs on a channel of its
+own. So a dump never sees a notification, a transaction never sees a dump's
+messages, and several dumps can run interleaved on one socket.
+
+Each channel is connected to the kernel, which therefore refuses datagrams
+from any other sender. Receiving, and the parsing of messages and attributes,
+happen in the compiled core with every length checked (``ProtocolError``).
+
+A ``Socket`` (and its dumps) belongs to one thread at a time.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import os
+import struct
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+
+from latchwire._core import Attrs, Message, _Channel, parse
+from latchwire.errors import DumpInterrupted, NetlinkError, ProtocolError
+
+__all__ = [
+    "Attrs", "Dump", "Message", "Request", "Socket", "attr", "nested", "parse", "s32",
+    "string", "u8", "u16", "u32", "u64",
+]
+
+NETLINK_ROUTE = 0
+NETLINK_GENERIC = 16
+
+NLMSG_NOOP = 1
+NLMSG_ERROR = 2
+NLMSG_DONE = 3
+NLMSG_OVERRUN = 4
+
+NLM_F_REQUEST = 0x01
+NLM_F_MULTI = 0x02
+NLM_F_ACK = 0x04
+NLM_F_ECHO = 0x08
+NLM_F_DUMP_INTR = 0x10
+NLM_F_DUMP_FILTERED = 0x20
+NLM_F_ROOT = 0x100
+NLM_F_MATCH = 0x200
+NLM_F_ATOMIC = 0x400
+NLM_F_DUMP = NLM_F_ROOT | NLM_F_MATCH
+NLM_F_REPLACE = 0x100
+NLM_F_EXCL = 0x200
+NLM_F_CREATE = 0x400
+NLM_F_APPEND = 0x800
+NLM_F_CAPPED = 0x100  # on an error: the request was not echoed
+NLM_F_ACK_TLVS = 0x200  # on an error: extended-ACK attributes follow
+
+NLMSGERR_ATTR_MSG = 1
+NLMSGERR_ATTR_OFFS = 2
+
+# rtnetlink message types and groups (linux/rtnetlink.h) used across the package.
+RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
+RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
+RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
+RTNLGRP_LINK = 1
+RTNLGRP_IPV4_IFADDR = 5
+RTNLGRP_IPV4_ROUTE = 7
+RTNLGRP_IPV6_IFADDR = 9
+RTNLGRP_IPV6_ROUTE = 11
+
+_HEADER = struct.Struct("=IHHII")  # struct nlmsghdr
+_ATTR = struct.Struct("=HH")  # struct nlattr
+NLA_F_NESTED = 1 << 15
+
+
+def _align(n: int) -> int:
+    return (n + 3) & ~3
+
+
+# ---------------------------------------------------------------------------
+# Building requests
+
+
+def u8(value: int) -> bytes:
+    return struct.pack("=B", value)
+
+
+def u16(value: int) -> bytes:
+    return struct.pack("=H", value)
+
+
+def u32(value: int) -> bytes:
+    return struct.pack("=I", value)
+
+
+def u64(value: int) -> bytes:
+    return struct.pack("=Q", value)
+
+
+def s32(value: int) -> bytes:
+    return struct.pack("=i", value)
+
+
+def string(value: str) -> bytes:
+    """A NUL-terminated string value."""
+    return value.encode() + b"\0"
+
+
+def attr(type: int, value: bytes) -> bytes:
+    """One attribute (struct nlattr and value), padded to 4 bytes."""
+    length = _ATTR.size + len(value)
+    return _ATTR.pack(length, type) + value + b"\0" * (_align(length) - length)
+
+
+def nested(type: int, attrs: Iterable[bytes]) -> bytes:
+    """An attribute nesting the attributes attrs (NLA_F_NESTED set)."""
+    return attr(type | NLA_F_NESTED, b"".join(attrs))
+
+
+@dataclass(frozen=True)
+class Request:
+    """A request: message type, flags, the family header, then attributes.
+
+    The socket fills in the length, sequence number and port id, and sets
+    NLM_F_REQUEST (plus NLM_F_ACK for transactions, NLM_F_DUMP for dumps).
+    """
+
+    type: int
+    flags: int = 0
+    header: bytes = b""
+    attrs: bytes = b""
+
+
+def _frame(request: Request | bytes, seq: int, pid: int, flags: int) -> bytes:
+    """The datagram for request: header filled in, flags added."""
+    if isinstance(request, Request):
+        body = request.header + b"\0" * (_align(len(request.header)) - len(request.header))
+        body += request.attrs
+        return _HEADER.pack(_HEADER.size + len(body), request.type,
+                            request.flags | flags | NLM_F_REQUEST, seq, pid) + body
+    if len(request) < _HEADER.size:
+        raise ProtocolError(f"a request of {len(request)} bytes has no netlink header")
+    _, type, old_flags, _, _ = _HEADER.unpack_from(request)
+    return _HEADER.pack(len(request), type, old_flags | flags | NLM_F_REQUEST, seq,
+                        pid) + bytes(request[_HEADER.size:])
+
+
+def error_of(msg: Message) -> NetlinkError | None:
+    """The NetlinkError an NLMSG_ERROR message carries, or None for an ACK."""
+    payload = msg.payload
+    if len(payload) < 4:
+        raise ProtocolError(f"an NLMSG_ERROR of {len(payload)} bytes")
+    (code,) = struct.unpack_from("=i", payload)
+    if code == 0:
+        return None
+    text: str | None = None
+    offset: int | None = None
+    if msg.flags & NLM_F_ACK_TLVS and len(payload) >= 4 + _HEADER.size:
+        echoed = _HEADER.size if msg.flags & NLM_F_CAPPED else _align(
+            _HEADER.unpack_from(payload, 4)[0])
+        tlvs = msg.attrs(4 + echoed)
+        if NLMSGERR_ATTR_MSG in tlvs:
+            text = tlvs.str(NLMSGERR_ATTR_MSG)
+        if NLMSGERR_ATTR_OFFS in tlvs:
+            offset = tlvs.u32(NLMSGERR_ATTR_OFFS)
+    return NetlinkError(-code, text, offset)
+
+
+# ---------------------------------------------------------------------------
+# Sockets and dumps
+
+
+class Socket:
+    """A netlink socket for requests, dumps and multicast, with copy-on-write dumps.
+
+    ``netns`` is a namespace name under /run/netns or a namespace file
+    descriptor (duplicated: the caller keeps its own); the socket is made
+    there by a short hop of the calling thread. ``rcvbuf`` sets the receive
+    buffer size; ``strict`` turns on NETLINK_GET_STRICT_CHK. Owned by one
+    thread at a time.
+    """
+
+    def __init__(self, protocol: int, netns: str | int | None = None,
+                 rcvbuf: int | None = None, strict: bool = False) -> None:
+        self.protocol = protocol
+        self._netns_fd = -1
+        if isinstance(netns, str):
+            self._netns_fd = os.open(os.path.join("/run/netns", netns),
+                                     os.O_RDONLY | os.O_CLOEXEC)
+        elif netns is not None:
+            self._netns_fd = os.dup(netns)
+        self._rcvbuf = rcvbuf or 0
+        self._strict = strict
+        self.groups: set[int] = set()
+        self._seqs = itertools.count(1)
+        self._backlog: deque[list[Message]] = deque()  # notifications met while awaiting replies
+        self._dump: Dump | None = None  # the dump reading self._chan, if any
+        self._chan: _Channel | None = None
+        self._closed = False
+        self._chan = self._new_channel(joined=True)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"pid={self.pid}"
+        return f"<netlink.Socket protocol={self.protocol} {state}>"
+
+    def __enter__(self) -> Socket:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def _new_channel(self, joined: bool) -> _Channel:
+        """A fresh kernel channel with this socket's options (and groups, if joined)."""
+        chan = _Channel(self.protocol, self._netns_fd, self._rcvbuf, self._strict)
+        if joined:
+            for group in self.groups:
+                chan.membership(group, True)
+        return chan
+
+    def _own(self) -> _Channel:
+        """The channel for an operation on the socket. A dump reading it keeps it
+        (it closes it when done) and the socket takes a fresh one: copy on write."""
+        if self._closed:
+            raise ValueError("netlink socket is closed")
+        dump, self._dump = self._dump, None
+        if dump is not None and not dump.finished:
+            dump._keep_channel()
+            self._chan = None
+        if self._chan is None:
+            self._chan = self._new_channel(joined=True)
+        return self._chan
+
+    @property
+    def pid(self) -> int:
+        """The port id the kernel knows this socket by (it changes on copy-on-write)."""
+        return self._own().pid
+
+    def fileno(self) -> int:
+        """The current channel's descriptor (readable when a datagram waits)."""
+        return self._own().fd
+
+    def close(self) -> None:
+        """Close the socket; a dump running on it keeps its channel until it ends."""
+        if self._closed:
+            return
+        if self._dump is not None and not self._dump.finished:
+            self._dump._keep_channel()
+        elif self._chan is not None:
+            self._chan.close()
+        self._chan = None
+        self._dump = None
+        self._closed = True
+        if self._netns_fd >= 0:
+            os.close(self._netns_fd)
+            self._netns_fd = -1
+
+    def clone(self) -> Socket:
+        """A new socket with the same protocol, namespace and options (no groups)."""
+        return Socket(self.protocol, self._netns_fd if self._netns_fd >= 0 else None,
+                      self._rcvbuf or None, self._strict)
+
+    def send(self, request: Request | bytes, flags: int = 0) -> int:
+        """Send request (with flags added); its sequence number."""
+        chan = self._own()
+        seq = next(self._seqs)
+        chan.send(_frame(request, seq, chan.pid, flags))
+        return seq
+
+    def recv(self, timeout: float | None = None) -> list[Message]:
+        """The messages of the next datagram not awaited by anything (notifications).
+
+        TimeoutError if none comes within timeout (0: do not wait); Overrun
+        if the kernel dropped notifications (the socket stays usable).
+        """
+        chan = self._own()
+        if self._backlog:
+            return self._backlog.popleft()
+        buf = chan.recv(timeout)
+        if buf is None:
+            raise TimeoutError("no netlink message within the timeout")
+        return parse(buf)
+
+    def drain(self) -> None:
+        """Discard every notification queued for the socket."""
+        chan = self._own()
+        self._backlog.clear()
+        while chan.recv(0) is not None:
+            pass
+
+    def join_group(self, group: int) -> None:
+        """Receive the notifications of multicast group number group."""
+        self._own().membership(group, True)
+        self.groups.add(group)
+
+    def leave_group(self, group: int) -> None:
+        self._own().membership(group, False)
+        self.groups.discard(group)
+
+    def transact(self, request: Request | bytes, timeout: float | None = None) -> Message | None:
+        """Send request with NLM_F_ACK; the reply message, or None for a bare ACK.
+
+        NetlinkError (errno, extended-ACK text and offset) if the kernel refused.
+        """
+        (result,) = self.transact_many([request], timeout)
+        if isinstance(result, NetlinkError):
+            raise result
+        return result
+
+    def transact_many(self, requests: Sequence[Request | bytes], timeout: float | None = None
+                      ) -> list[Message | NetlinkError | None]:
+        """Send every request, then collect every answer in one pass: for each, its
+        reply, None for a bare ACK, or the NetlinkError the kernel answered."""
+        chan = self._own()
+        seqs = [self.send(request, NLM_F_ACK) for request in requests]
+        first = seqs[0] if seqs else 0
+        answers: dict[int, Message | NetlinkError | None] = {}
+        replies: dict[int, Message] = {}
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while len(answers) < len(seqs):
+            buf = chan.recv(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            if buf is None:
+                raise TimeoutError("no netlink answer within the timeout")
+            notifications = []
+            for msg in parse(buf):
+                if msg.pid != chan.pid or not first <= msg.seq <= seqs[-1]:
+                    if msg.seq == 0:
+                        notifications.append(msg)
+                    continue  # a stray answer to something earlier: not ours
+                if msg.type == NLMSG_ERROR:
+                    error = error_of(msg)
+                    answers[msg.seq] = error if error is not None else replies.get(msg.seq)
+                elif msg.type != NLMSG_DONE:
+                    replies[msg.seq] = msg
+            if notifications:
+                self._backlog.append(notifications)
+        return [answers[seq] for seq in seqs]
+
+    def dump(self, request: Request | bytes, retries: int = 0) -> Dump:
+        """Dump: an iterator of the kernel's messages for request (NLM_F_DUMP added).
+
+        With retries > 0 the dump is read whole before anything is yielded and
+        repeated, up to retries times, while the kernel flags it inconsistent
+        (NLM_F_DUMP_INTR); DumpInterrupted if it still is. With retries=0 the
+        messages stream, and DumpInterrupted comes at the end if flagged.
+        """
+        running = self._dump is not None and not self._dump.finished
+        if self.groups or running:
+            if self._closed:
+                raise ValueError("netlink socket is closed")
+            dump = Dump(self, self._new_channel(joined=False), request, retries, owned=True)
+        else:
+            dump = Dump(self, self._own(), request, retries, owned=False)
+            self._dump = dump
+        return dump
+
+
+class Dump:
+    """The messages of one dump, as an iterator; ``close()`` abandons it.
+
+    It reads either the socket's own channel (until the socket needs it back,
+    see Socket) or a channel of its own, which it closes when done. An
+    abandoned dump leaves nothing behind: its channel is closed, leftovers and
+    all.
+    """
+
+    def __init__(self, socket: Socket, chan: _Channel, request: Request | bytes,
+                 retries: int, owned: bool) -> None:
+        self._socket = socket
+        self._chan: _Channel | None = chan
+        self._owned = owned
+        self._request = request
+        self._retries = retries
+        self._pending: deque[Message] = deque()
+        self.finished = False
+        self._start()
+        if retries > 0:
+            self._read_whole()
+
+    def __repr__(self) -> str:
+        return f"<netlink.Dump seq={self._seq} {'finished' if self.finished else 'running'}>"
+
+    def _start(self) -> None:
+        assert self._chan is not None
+        self._seq = next(self._socket._seqs)
+        self._interrupted = False
+        self._done = False
+        self._chan.send(_frame(self._request, self._seq, self._chan.pid, NLM_F_DUMP))
+
+    def _keep_channel(self) -> None:
+        """The socket lets this dump keep the channel it reads: close it when done."""
+        self._owned = True
+
+    def __iter__(self) -> Iterator[Message]:
+        return self
+
+    def __next__(self) -> Message:
+        while not self._pending:
+            if self._done:
+                self._finish()
+                raise StopIteration
+            self._fill()
+        return self._pending.popleft()
+
+    def _fill(self) -> None:
+        """Read the next datagram of the dump into _pending."""
+        assert self._chan is not None
+        buf = self._chan.recv(None)
+        assert buf is not None
+        for msg in parse(buf):
+            if msg.seq != self._seq or msg.pid != self._chan.pid:
+                continue  # not this dump's: a leftover of something earlier
+            if msg.flags & NLM_F_DUMP_INTR:
+                self._interrupted = True
+            if msg.type == NLMSG_DONE:
+                self._done = True
+                if len(msg.payload) >= 4 and struct.unpack_from("=i", msg.payload)[0] < 0:
+                    self._finish()
+                    raise NetlinkError(-struct.unpack_from("=i", msg.payload)[0])
+                break
+            if msg.type == NLMSG_ERROR:
+                self._finish()
+                error = error_of(msg)
+                raise error if error is not None else ProtocolError("an ACK inside a dump")
+            self._pending.append(msg)
+        if self._done and self._interrupted and self._retries == 0:
+            self._done_interrupted()
+
+    def _done_interrupted(self) -> None:
+        """A streamed dump ended inconsistent: what was yielded may be stale."""
+        self._pending.clear()
+        self._finish()
+        raise DumpInterrupted(errno.EINTR,
+                              "the dump changed while it ran (NLM_F_DUMP_INTR): dump again")
+
+    def _read_whole(self) -> None:
+        """Read the dump to its end, repeating it while the kernel flags it inconsistent."""
+        for attempt in range(self._retries + 1):
+            while not self._done:
+                self._fill()
+            if not self._interrupted:
+                return
+            if attempt < self._retries:
+                self._pending.clear()
+                self._start()
+        self._done_interrupted()
+
+    def _finish(self) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        if self._owned and self._chan is not None:
+            self._chan.close()
+        self._chan = None
+
+    def close(self) -> None:
+        """Abandon the dump: its channel is closed with whatever was still queued."""
+        if not self.finished and not self._owned and self._socket._dump is self:
+            self._socket._dump = None
+            self._socket._chan = None  # the socket opens a fresh channel when next used
+            self._owned = True
+        self._pending.clear()
+        self._finish()
+
+    def __enter__(self) -> Dump:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if not self.finished:
+            self.close()
