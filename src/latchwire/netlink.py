@@ -17,10 +17,12 @@ A ``Socket`` (and its dumps) belongs to one thread at a time.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import itertools
 import os
 import struct
+import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
@@ -28,10 +30,10 @@ from dataclasses import dataclass
 from types import TracebackType
 
 from latchwire._core import Attrs, Message, _Channel, parse
-from latchwire.errors import DumpInterrupted, NetlinkError, ProtocolError
+from latchwire.errors import DumpInterrupted, NetlinkError, Overrun, ProtocolError
 
 __all__ = [
-    "Attrs", "Dump", "Message", "Request", "Socket", "attr", "nested", "parse", "s32",
+    "Attrs", "Dump", "Message", "Pool", "Request", "Socket", "attr", "nested", "parse", "s32",
     "string", "u8", "u16", "u32", "u64",
 ]
 
@@ -290,8 +292,12 @@ class Socket:
         """Discard every notification queued for the socket."""
         chan = self._own()
         self._backlog.clear()
-        while chan.recv(0) is not None:
-            pass
+        while True:
+            try:
+                if chan.recv(0) is None:
+                    return
+            except Overrun:
+                continue  # what was lost was to be discarded anyway
 
     def join_group(self, group: int) -> None:
         """Receive the notifications of multicast group number group."""
@@ -477,3 +483,58 @@ class Dump:
     def __del__(self) -> None:
         if not self.finished:
             self.close()
+
+
+class Pool:
+    """Thread-safe transactions by handing out sockets (Open vSwitch's nl_pool).
+
+    Each transaction borrows an idle socket (or makes one), so threads never
+    share a socket; sockets are kept for reuse, up to ``keep`` of them.
+    """
+
+    def __init__(self, protocol: int, netns: str | int | None = None,
+                 rcvbuf: int | None = None, strict: bool = False, keep: int = 16) -> None:
+        self._args = (protocol, netns, rcvbuf, strict)
+        self._keep = keep
+        self._idle: list[Socket] = []
+        self._guard = threading.Lock()
+        self._closed = False
+
+    @contextlib.contextmanager
+    def socket(self) -> Iterator[Socket]:
+        """A socket for the calling thread alone, for the with-block."""
+        with self._guard:
+            if self._closed:
+                raise ValueError("netlink pool is closed")
+            sock = self._idle.pop() if self._idle else None
+        if sock is None:
+            sock = Socket(*self._args)
+        try:
+            yield sock
+        finally:
+            with self._guard:
+                keep = not self._closed and len(self._idle) < self._keep
+                if keep:
+                    sock.drain()
+                    self._idle.append(sock)
+            if not keep:
+                sock.close()
+
+    def transact(self, request: Request | bytes, timeout: float | None = None) -> Message | None:
+        """Socket.transact on a borrowed socket."""
+        with self.socket() as sock:
+            return sock.transact(request, timeout)
+
+    def transact_many(self, requests: Sequence[Request | bytes], timeout: float | None = None
+                      ) -> list[Message | NetlinkError | None]:
+        """Socket.transact_many on a borrowed socket."""
+        with self.socket() as sock:
+            return sock.transact_many(requests, timeout)
+
+    def close(self) -> None:
+        """Close the idle sockets; borrowed ones close when given back."""
+        with self._guard:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for sock in idle:
+            sock.close()
