@@ -347,8 +347,11 @@ class Socket:
                 self._backlog.append(notifications)
         return [answers[seq] for seq in seqs]
 
-    def dump(self, request: Request | bytes, retries: int = 0) -> Dump:
+    def dump(self, request: Request | bytes, retries: int = 0,
+             timeout: float | None = None) -> Dump:
         """Dump: an iterator of the kernel's messages for request (NLM_F_DUMP added).
+
+        ``timeout`` bounds each wait for the kernel's next datagram (TimeoutError).
 
         With retries > 0 the dump is read whole before anything is yielded and
         repeated, up to retries times, while the kernel flags it inconsistent
@@ -359,9 +362,10 @@ class Socket:
         if self.groups or running:
             if self._closed:
                 raise ValueError("netlink socket is closed")
-            dump = Dump(self, self._new_channel(joined=False), request, retries, owned=True)
+            dump = Dump(self, self._new_channel(joined=False), request, retries, timeout,
+                        owned=True)
         else:
-            dump = Dump(self, self._own(), request, retries, owned=False)
+            dump = Dump(self, self._own(), request, retries, timeout, owned=False)
             self._dump = dump
         return dump
 
@@ -376,12 +380,13 @@ class Dump:
     """
 
     def __init__(self, socket: Socket, chan: _Channel, request: Request | bytes,
-                 retries: int, owned: bool) -> None:
+                 retries: int, timeout: float | None, owned: bool) -> None:
         self._socket = socket
         self._chan: _Channel | None = chan
         self._owned = owned
         self._request = request
         self._retries = retries
+        self._timeout = timeout
         self._pending: deque[Message] = deque()
         self.finished = False
         self._start()
@@ -416,8 +421,9 @@ class Dump:
     def _fill(self) -> None:
         """Read the next datagram of the dump into _pending."""
         assert self._chan is not None
-        buf = self._chan.recv(None)
-        assert buf is not None
+        buf = self._chan.recv(self._timeout)
+        if buf is None:
+            raise TimeoutError("no dump message within the timeout")
         for msg in parse(buf):
             if msg.seq != self._seq or msg.pid != self._chan.pid:
                 continue  # not this dump's: a leftover of something earlier
