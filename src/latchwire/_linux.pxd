@@ -4,6 +4,7 @@
 from posix.signal cimport sigevent
 from posix.time cimport timespec
 from posix.types cimport pid_t
+from posix.uio cimport iovec
 
 
 cdef extern from *  nogil:
@@ -102,6 +103,15 @@ cdef extern from "<sys/socket.h>" nogil:
     int setsockopt(int fd, int level, int name, const void *value, socklen_t len)
     ssize_t recv(int fd, void *buf, size_t len, int flags)
     ssize_t send(int fd, const void *buf, size_t len, int flags)
+    struct msghdr:
+        void *msg_name
+        socklen_t msg_namelen
+        iovec *msg_iov
+        size_t msg_iovlen
+        void *msg_control
+        size_t msg_controllen
+        int msg_flags
+    ssize_t recvmsg(int fd, msghdr *msg, int flags)
 
 cdef extern from "<linux/netlink.h>" nogil:
     struct sockaddr_nl:

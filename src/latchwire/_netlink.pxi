@@ -4,8 +4,10 @@
 # A _Channel is created in a network namespace by a short setns() hop of the
 # calling thread (GIL held, so no Python code runs in between), bound to a
 # kernel-chosen port id, and connected to the kernel (port 0), so that the
-# kernel refuses datagrams from other sockets. Receiving peeks at the
-# datagram's true length first (MSG_PEEK|MSG_TRUNC), so a datagram of any size
+# kernel refuses unicast from other sockets; multicast from a privileged
+# process is still possible, so every datagram whose sender is not the kernel
+# is dropped on receipt. Receiving peeks at the datagram's true length and
+# sender first (recvmsg with MSG_PEEK|MSG_TRUNC), so a datagram of any size
 # comes out whole; the GIL is released only while waiting for one.
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
@@ -17,8 +19,9 @@ from latchwire._linux cimport (AF_NETLINK, CLONE_NEWNET, MSG_DONTWAIT, MSG_PEEK,
                                NETLINK_DROP_MEMBERSHIP, NETLINK_EXT_ACK,
                                NETLINK_GET_STRICT_CHK, POLLIN, SO_RCVBUF, SO_RCVBUFFORCE,
                                SOCK_CLOEXEC, SOCK_RAW, SOL_NETLINK, SOL_SOCKET, bind, connect,
-                               getsockname, poll, pollfd, recv, send, setns, setsockopt,
-                               sockaddr, sockaddr_nl, socket, socklen_t)
+                               getsockname, msghdr, poll, pollfd, recv, recvmsg, send, setns,
+                               setsockopt, sockaddr, sockaddr_nl, socket, socklen_t)
+from posix.uio cimport iovec
 from latchwire.errors import Overrun, ProtocolError
 
 cdef enum:
@@ -154,7 +157,8 @@ cdef class _Channel:
             PyErr_CheckSignals()
 
     def recv(self, timeout=None):
-        """The next datagram, whole, or None if none came within timeout (0: do not wait).
+        """The next datagram from the kernel, whole, or None if none came within
+        timeout (0: do not wait). Datagrams from any other sender are dropped.
 
         Overrun (ENOBUFS) if the kernel had to drop messages for this socket;
         the socket stays usable. A signal handler's exception ends a wait.
@@ -166,10 +170,24 @@ cdef class _Channel:
         cdef int rc, wait_ms, err
         cdef char *buf = self.peek
         cdef bytes whole
+        cdef sockaddr_nl sender
+        cdef iovec iov
+        cdef msghdr hdr
         while True:
+            memset(&hdr, 0, sizeof(hdr))
+            iov.iov_base = buf
+            iov.iov_len = NL_PEEK_BUFFER
+            hdr.msg_name = &sender
+            hdr.msg_namelen = sizeof(sender)
+            hdr.msg_iov = &iov
+            hdr.msg_iovlen = 1
             with nogil:
-                n = recv(self.fd, buf, NL_PEEK_BUFFER, MSG_PEEK | MSG_TRUNC | MSG_DONTWAIT)
+                n = recvmsg(self.fd, &hdr, MSG_PEEK | MSG_TRUNC | MSG_DONTWAIT)
                 err = errno if n < 0 else 0
+                if n >= 0 and sender.nl_pid != 0:   # not the kernel: forged, dropped
+                    recv(self.fd, NULL, 0, MSG_TRUNC | MSG_DONTWAIT)
+                    n = -1
+                    err = EINTR
             if n >= 0:
                 break
             if err == ENOBUFS:

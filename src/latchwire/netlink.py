@@ -153,19 +153,27 @@ def _frame(request: Request | bytes, seq: int, pid: int, flags: int) -> bytes:
 
 
 def error_of(msg: Message) -> NetlinkError | None:
-    """The NetlinkError an NLMSG_ERROR message carries, or None for an ACK."""
+    """The NetlinkError an NLMSG_ERROR (or a dump's NLMSG_DONE) carries, or None
+    for an ACK (or a dump that ended well)."""
     payload = msg.payload
     if len(payload) < 4:
+        if msg.type == NLMSG_DONE:
+            return None
         raise ProtocolError(f"an NLMSG_ERROR of {len(payload)} bytes")
     (code,) = struct.unpack_from("=i", payload)
-    if code == 0:
+    if code >= 0:
         return None
     text: str | None = None
     offset: int | None = None
-    if msg.flags & NLM_F_ACK_TLVS and len(payload) >= 4 + _HEADER.size:
-        echoed = _HEADER.size if msg.flags & NLM_F_CAPPED else _align(
-            _HEADER.unpack_from(payload, 4)[0])
-        tlvs = msg.attrs(4 + echoed)
+    if msg.flags & NLM_F_ACK_TLVS:
+        # The TLVs follow the code, after the echoed request on an NLMSG_ERROR.
+        start = 4
+        if msg.type == NLMSG_ERROR:
+            if len(payload) < 4 + _HEADER.size:
+                raise ProtocolError(f"an NLMSG_ERROR of {len(payload)} bytes with TLVs")
+            start += _HEADER.size if msg.flags & NLM_F_CAPPED else _align(
+                _HEADER.unpack_from(payload, 4)[0])
+        tlvs = msg.attrs(start)
         if NLMSGERR_ATTR_MSG in tlvs:
             text = tlvs.str(NLMSGERR_ATTR_MSG)
         if NLMSGERR_ATTR_OFFS in tlvs:
@@ -200,9 +208,9 @@ class Socket:
         self._strict = strict
         self.groups: set[int] = set()
         self._seqs = itertools.count(1)
-        self._backlog: deque[list[Message]] = deque()  # notifications met while awaiting replies
         self._dump: Dump | None = None  # the dump reading self._chan, if any
         self._chan: _Channel | None = None
+        self._tx: _Channel | None = None  # transactions' own channel, once groups are joined
         self._closed = False
         self._chan = self._new_channel(joined=True)
 
@@ -255,7 +263,9 @@ class Socket:
             self._dump._keep_channel()
         elif self._chan is not None:
             self._chan.close()
-        self._chan = None
+        if self._tx is not None:
+            self._tx.close()
+        self._chan = self._tx = None
         self._dump = None
         self._closed = True
         if self._netns_fd >= 0:
@@ -275,15 +285,12 @@ class Socket:
         return seq
 
     def recv(self, timeout: float | None = None) -> list[Message]:
-        """The messages of the next datagram not awaited by anything (notifications).
+        """The messages of the next datagram: notifications, or answers to send().
 
         TimeoutError if none comes within timeout (0: do not wait); Overrun
         if the kernel dropped notifications (the socket stays usable).
         """
-        chan = self._own()
-        if self._backlog:
-            return self._backlog.popleft()
-        buf = chan.recv(timeout)
+        buf = self._own().recv(timeout)
         if buf is None:
             raise TimeoutError("no netlink message within the timeout")
         return parse(buf)
@@ -291,7 +298,6 @@ class Socket:
     def drain(self) -> None:
         """Discard every notification queued for the socket."""
         chan = self._own()
-        self._backlog.clear()
         while True:
             try:
                 if chan.recv(0) is None:
@@ -318,12 +324,28 @@ class Socket:
             raise result
         return result
 
+    def _transaction_channel(self) -> _Channel:
+        """The channel transactions use: the socket's own, or, once it has joined
+        groups, one without any, where no notification can crowd out or pass
+        for an answer (a notification of the caller's own change carries its
+        sequence number and port id)."""
+        if not self.groups:
+            return self._own()
+        if self._closed:
+            raise ValueError("netlink socket is closed")
+        if self._tx is None:
+            self._tx = self._new_channel(joined=False)
+        return self._tx
+
     def transact_many(self, requests: Sequence[Request | bytes], timeout: float | None = None
                       ) -> list[Message | NetlinkError | None]:
         """Send every request, then collect every answer in one pass: for each, its
         reply, None for a bare ACK, or the NetlinkError the kernel answered."""
-        chan = self._own()
-        seqs = [self.send(request, NLM_F_ACK) for request in requests]
+        chan = self._transaction_channel()
+        seqs = []
+        for request in requests:
+            seqs.append(next(self._seqs))
+            chan.send(_frame(request, seqs[-1], chan.pid, NLM_F_ACK))
         first = seqs[0] if seqs else 0
         answers: dict[int, Message | NetlinkError | None] = {}
         replies: dict[int, Message] = {}
@@ -332,19 +354,14 @@ class Socket:
             buf = chan.recv(None if deadline is None else max(0.0, deadline - time.monotonic()))
             if buf is None:
                 raise TimeoutError("no netlink answer within the timeout")
-            notifications = []
             for msg in parse(buf):
                 if msg.pid != chan.pid or not first <= msg.seq <= seqs[-1]:
-                    if msg.seq == 0:
-                        notifications.append(msg)
                     continue  # a stray answer to something earlier: not ours
                 if msg.type == NLMSG_ERROR:
                     error = error_of(msg)
                     answers[msg.seq] = error if error is not None else replies.get(msg.seq)
                 elif msg.type != NLMSG_DONE:
                     replies[msg.seq] = msg
-            if notifications:
-                self._backlog.append(notifications)
         return [answers[seq] for seq in seqs]
 
     def dump(self, request: Request | bytes, retries: int = 0,
@@ -412,7 +429,7 @@ class Dump:
 
     def __next__(self) -> Message:
         while not self._pending:
-            if self._done:
+            if self._done or self.finished:
                 self._finish()
                 raise StopIteration
             self._fill()
@@ -431,9 +448,10 @@ class Dump:
                 self._interrupted = True
             if msg.type == NLMSG_DONE:
                 self._done = True
-                if len(msg.payload) >= 4 and struct.unpack_from("=i", msg.payload)[0] < 0:
+                error = error_of(msg)
+                if error is not None:
                     self._finish()
-                    raise NetlinkError(-struct.unpack_from("=i", msg.payload)[0])
+                    raise error
                 break
             if msg.type == NLMSG_ERROR:
                 self._finish()
