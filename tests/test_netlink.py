@@ -1052,3 +1052,46 @@ def test_closed_socket_refuses_work(ns: Netns) -> None:
         sock.dump(link_dump())
     with pytest.raises((ValueError, OSError)):
         sock.recv(timeout=0)
+
+
+# ---------------------------------------------------------------------------
+# Pool: thread-safe transactions
+
+
+def test_pool_serves_threads_with_sockets_of_their_own(ns: Netns) -> None:
+    """4 threads x 200 transactions through one Pool: every answer is the one asked
+    for (no socket shared between threads), errors come back as NetlinkError, and
+    the pool keeps at most `keep` sockets for reuse."""
+    links = ns.links()
+    pool = netlink.Pool(netlink.NETLINK_ROUTE, netns=ns.name, keep=2)
+    borrowed: set[int] = set()
+    guard = threading.Lock()
+
+    def work(name: str) -> None:
+        for i in range(200):
+            with pool.socket() as sock:
+                with guard:
+                    assert id(sock) not in borrowed, "a socket lent to two threads at once"
+                    borrowed.add(id(sock))
+                try:
+                    assert_link_reply(sock.transact(getlink(name), timeout=BOUND),
+                                      name, links[name])
+                finally:
+                    with guard:
+                        borrowed.discard(id(sock))
+            if i % 50 == 0:
+                with pytest.raises(latchwire.NetlinkError) as refused:
+                    pool.transact(getlink("no-such-link"), timeout=BOUND)
+                assert refused.value.errno == errno.ENODEV
+
+    workers = [Worker(work, name) for name in ("lo", "veth0", "veth1", "lo")]
+    for worker in workers:
+        worker.outcome(WAIT)
+    assert len(pool._idle) <= 2
+    answers = pool.transact_many([getlink("lo"), getlink("no-such-link")], timeout=BOUND)
+    assert not isinstance(answers[0], latchwire.NetlinkError), answers[0]
+    assert_link_reply(answers[0], "lo", links["lo"])
+    assert isinstance(answers[1], latchwire.NetlinkError)
+    pool.close()
+    with pytest.raises(ValueError):
+        pool.transact(getlink("lo"))
