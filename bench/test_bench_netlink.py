@@ -15,12 +15,12 @@ other route counts, use ``bench/compare.py dump``.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import shutil
 import socket
 import struct
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
@@ -29,8 +29,10 @@ import pytest
 
 from latchwire import netlink
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from compare import socket_in_netns  # the floor socket, made as compare.py makes it
+
 ROUTES = 10_000
-CLONE_NEWNET = 0x40000000
 NLMSG_HDRLEN = 16
 RTMSG_INET = struct.pack("=8BI", socket.AF_INET, 0, 0, 0, 0, 0, 0, 0, 0)  # struct rtmsg
 NLMSG_LEN_TYPE = struct.Struct("=IH")
@@ -67,26 +69,6 @@ def netns(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield name
     finally:
         subprocess.run(["ip", "netns", "delete", name], check=False, capture_output=True)
-
-
-def socket_in_netns(name: str) -> socket.socket:
-    """A plain Python NETLINK_ROUTE socket made in namespace name, connected to the kernel."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    target = os.open(Path("/run/netns") / name, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        if libc.setns(target, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), f"setns into {name}")
-        try:
-            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, netlink.NETLINK_ROUTE)
-        finally:
-            if libc.setns(home, CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), "setns back home")
-    finally:
-        os.close(target)
-        os.close(home)
-    sock.connect((0, 0))
-    return sock
 
 
 def test_latchwire_dump(benchmark: Benchmark[Counts], netns: str) -> None:
