@@ -212,7 +212,11 @@ class Socket:
         self._chan: _Channel | None = None
         self._tx: _Channel | None = None  # transactions' own channel, once groups are joined
         self._closed = False
-        self._chan = self._new_channel(joined=True)
+        try:
+            self._chan = self._new_channel(joined=True)
+        except BaseException:
+            self.close()
+            raise
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"pid={self.pid}"
