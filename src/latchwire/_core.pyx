@@ -22,7 +22,7 @@ futex wait, open), and no shared state is touched while it is released.
 cimport cython
 from cpython.pythread cimport PyThread_get_thread_ident
 from cpython.ref cimport Py_DECREF, Py_INCREF
-from libc.errno cimport EACCES, EAGAIN, EINTR, EINVAL, ELOOP, ENOBUFS, ENOENT, ETIMEDOUT, errno
+from libc.errno cimport EACCES, EAGAIN, EINTR, EINVAL, ELOOP, ENOBUFS, ENOENT, errno
 from libc.stdlib cimport abort
 from libc.signal cimport SIG_DFL
 from libc.string cimport memset

@@ -11,7 +11,7 @@
 # comes out whole; the GIL is released only while waiting for one.
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from libc.stdint cimport int32_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdint cimport int32_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcpy
 
 from latchwire._linux cimport (AF_NETLINK, CLONE_NEWNET, MSG_DONTWAIT, MSG_PEEK, MSG_TRUNC,
