@@ -1,7 +1,8 @@
 """latchwire against the other libraries and against the kernel's own cost, side by side.
 
-Usage: ``python bench/compare.py [PART ...] [--quick] [--json FILE] [--markdown FILE]``
-(every part when none is named; ``--quick`` for a short run).
+Usage: ``python bench/compare.py [PART ...] [--quick] [--json FILE] [--markdown FILE]
+[--plot PNG]`` (every part when none is named; ``--quick`` for a short run, as CI
+runs it; ``--plot`` draws one log-scale bar chart per comparison with matplotlib).
 
 Method
 ------
@@ -25,6 +26,13 @@ measured in the same run, means the same on any machine; absolute times do not,
 and nothing here passes or fails on one. A contended run whose shared counter
 disagrees with the handoffs counted (mutual exclusion broken) makes the exit
 status 1.
+
+Regression guards. A few ratios of latchwire to a floor or peer of the same
+run (and the lock-order checker's extra ns per acquisition) must stay within
+limits set well away from what a healthy build measures (``*_GUARD``), so
+that only an order-of-magnitude regression fails, never machine noise. Each
+guard's value, limit and verdict is printed at the end and written to the JSON
+and Markdown; any guard missed makes the exit status 1 too.
 
 In-process locks. The ``rwlock`` part (``mutex`` is another name for it)
 times latchwire's Mutex and RWLock uncontended against threading.Lock (its
@@ -151,6 +159,7 @@ class Section:
     conclusions: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     failed: bool = False  # a correctness check failed
+    guards: list[Guard] = field(default_factory=list)
 
     def row(self, name: str) -> Row:
         return next(r for r in self.rows if r.name == name)
@@ -158,6 +167,51 @@ class Section:
     def ratios(self, row: Row) -> dict[str, float]:
         """row's median over each floor's median."""
         return {f: row.median / self.row(f).median for f in self.floors}
+
+
+@dataclass(frozen=True)
+class Guard:
+    """A regression guard: a ratio (or difference) between figures of the same run, and
+    the limit it must keep to. Limits sit 5-10x (at least 1.5x) away from what a healthy
+    build measures, so that only an order-of-magnitude regression fails, never noise."""
+
+    section: str  # "part: title" of the section it was measured in
+    name: str
+    value: float
+    limit: float
+    at_most: bool  # value must be <= limit (else >= limit)
+    unit: str = "x"  # "x" for a ratio, else the unit of a difference
+
+    @property
+    def ok(self) -> bool:
+        return self.value <= self.limit if self.at_most else self.value >= self.limit
+
+    @property
+    def verdict(self) -> str:
+        return "ok" if self.ok else "FAILED"
+
+    def describe(self) -> tuple[str, str]:
+        """(value, limit) as printed."""
+        def show(v: float) -> str:
+            return f"{v:.2f}x" if self.unit == "x" else f"{v:+.0f} {self.unit}"
+        return show(self.value), ("≤ " if self.at_most else "≥ ") + show(self.limit)
+
+
+def add_guard(section: Section, name: str, value: float, limit: float, *, at_most: bool = True,
+              unit: str = "x") -> None:
+    section.guards.append(Guard(f"{section.part}: {section.title}", name, value, limit,
+                                at_most, unit))
+
+
+# The regression guards' limits (see Guard).
+FILELOCK_GUARD = 5.0  # FileLock acquire+release, at most this times the Python fcntl floor
+LOCKSPACE_GUARD = 10.0  # LockSpace autocreate=False, at most this times open+fcntl+close
+MUTEX_GUARD = 3.0  # Mutex acquire+release, at most this times threading.Lock's
+RW_READ_GUARD = 3.0  # RWLock read acquire+release, at most this times threading.Lock's
+CHECKER_GUARD = 2000.0  # ns the checker on may add per acquisition
+OBJECTS_GUARD = 10.0  # find_by_uuid + unlock, at most this times dict + threading.Lock
+DUMP_GUARD = 20.0  # latchwire route dump, at most this times the recv_into floor
+CONTENDED_GUARD = 0.5  # contended FileLock throughput, at least this times raw OFD's
 
 
 # ---------------------------------------------------------------------------
@@ -332,6 +386,8 @@ def filelock_uncontended(s: Settings) -> Section:
                            for f, v in section.ratios(section.row(name)).items())
         section.conclusions.append(f"{name}: {ratios}")
     lw = section.row(LW_PAIR)
+    add_guard(section, f"{LW_PAIR} / Python fcntl floor", lw.median / section.row(PY_FLOOR).median,
+              FILELOCK_GUARD)
     section.conclusions += [speed_sentence(lw, r) for r in rows if r.role == "peer"]
     section.notes += [
         "Floors: F_OFD_SETLK write lock then unlock on a descriptor kept open. latchwire "
@@ -458,6 +514,8 @@ def filelock_contended(s: Settings) -> Section:
         f"latchwire throughput is {lw.median / raw.median:.2f}x the raw OFD floor's; "
         f"worst wait {fmt(lw.details[worst])} ms vs {fmt(raw.details[worst])} ms, "
         f"p99 {fmt(lw.details[p99])} ms vs {fmt(raw.details[p99])} ms")
+    add_guard(section, f"{LW_FILELOCK} throughput / raw OFD's", lw.median / raw.median,
+              CONTENDED_GUARD, at_most=False)
     section.failed = any(r.details["counter"] != "exact" for r in rows)
     if section.failed:
         section.notes.append("FAILED: the shared counter lost increments: two processes "
@@ -647,6 +705,8 @@ def lockspace_section(s: Settings, count: int) -> Section:
                            for f, v in section.ratios(row).items())
         section.conclusions.append(f"{row.name}: {ratios}")
     auto, pre = section.row(LS_AUTO), section.row(LS_PRE)
+    add_guard(section, f"{LS_PRE} / open+fcntl+close floor",
+              pre.median / section.row(FLOOR_OPEN).median, LOCKSPACE_GUARD)
     section.conclusions.append(
         f"LockSpace adds {pre.median - section.row(FLOOR_OPEN).median:.1f} µs/op to "
         f"open+fcntl+close (autocreate=False) and "
@@ -840,6 +900,10 @@ def in_process_uncontended(s: Settings, notes: list[str]) -> list[Section]:
         section = Section("rwlock", f"uncontended acquire+release, {title}", "ns/op", rows,
                           [LOCK_FLOOR], columns=["net ns"], notes=list(notes))
         in_process_conclusions(section, loop)
+        if title == "explicit calls":
+            for name, limit in ((MUTEX, MUTEX_GUARD), (RW_READ, RW_READ_GUARD)):
+                add_guard(section, f"{name} / threading.Lock",
+                          section.ratios(section.row(name))[LOCK_FLOOR], limit)
         section.notes += [
             how,
             "Each lock is made once and used by this one thread. Targets are the issue's, "
@@ -926,6 +990,8 @@ def checker_section(s: Settings, notes: list[str]) -> Section:
                       [], columns=[PER_FLOOR], notes=list(notes))
     on, off = section.row(NESTED_ON).median, section.row(NESTED_OFF).median
     extra = on - off
+    add_guard(section, "checker on, extra per acquisition (on - off)", extra, CHECKER_GUARD,
+              unit="ns")
     section.conclusions.append(
         f"checker on adds {extra:.0f} ns per acquire+release (2 nested Mutexes, order already "
         f"seen): {on / off:.2f}x off; target ≤ +{CHECKER_TARGET:.0f} ns: "
@@ -1256,6 +1322,9 @@ def objects_section(s: Settings, count: int) -> Section:
         row.details["lookups/s"] = 1e9 / row.median
     section = Section("objects", f"lookups, {count:,} objects", "ns/op", rows,
                       [DICT_LOCK_FLOOR], columns=["lookups/s"])
+    add_guard(section, "find_by_uuid + unlock / dict + threading.Lock",
+              section.ratios(section.row("find_by_uuid + unlock"))[DICT_LOCK_FLOOR],
+              OBJECTS_GUARD)
     for row in rows:
         if row.role == "latchwire":
             section.conclusions.append(
@@ -1556,6 +1625,8 @@ def dump_section(s: Settings, contenders: Sequence[Dumper], count: int,
                 f"{row.name}: {ratios[FLOOR_WALK]:.2f}x the recv_into + header walk floor, "
                 f"{ratios[FLOOR_RECV]:.2f}x recv_into alone")
     lw = section.row(LW_DUMP)
+    add_guard(section, f"{LW_DUMP} / recv_into floor", section.ratios(lw)[FLOOR_RECV],
+              DUMP_GUARD)
     section.conclusions += [compare_sentence(lw, r) for r in rows if r.role == "peer"]
     if mismatched:
         section.failed = True
@@ -1703,10 +1774,44 @@ def render_text(section: Section) -> str:
     return "\n".join(out) + "\n"
 
 
+def guard_table(sections: list[Section]) -> tuple[list[str], list[list[str]]]:
+    """The header and cells of the regression guards' table, every section's."""
+    header = ["guard", "measured in", "value", "limit", "verdict"]
+    cells = [[g.name, g.section, *g.describe(), g.verdict]
+             for sec in sections for g in sec.guards]
+    return header, cells
+
+
+def render_guards(sections: list[Section]) -> str:
+    header, cells = guard_table(sections)
+    widths = [max(len(line[i]) for line in [header, *cells]) for i in range(len(header))]
+
+    def line(fields: list[str]) -> str:
+        return "  ".join(f.ljust(w) if i < 2 else f.rjust(w)
+                         for i, (f, w) in enumerate(zip(fields, widths, strict=True)))
+
+    if cells:
+        out = ["== regression guards (ratios within this run; only a far-off value fails) ==",
+               line(header), line(["-" * w for w in widths]), *(line(c) for c in cells), ""]
+    else:
+        out = ["== regression guards: none measured ==", ""]
+    out += [f"  correctness check FAILED: {sec.part}: {sec.title}"
+            for sec in sections if sec.failed]
+    return "\n".join(out) + "\n"
+
+
 def render_markdown(sections: list[Section], info: dict[str, object]) -> str:
     out = ["# latchwire benchmarks", "",
            f"{info['cpu_model']}, {info['nproc']} CPUs, Linux {info['kernel']}, {info['python']}",
            ""]
+    header, cells = guard_table(sections)
+    if cells:
+        out += ["## Regression guards", "",
+                "| " + " | ".join(header) + " |",
+                "|" + "|".join([":---", ":---", "---:", "---:", ":---"]) + "|",
+                *("| " + " | ".join(c) + " |" for c in cells), ""]
+    out += [f"- correctness check FAILED: {sec.part}: {sec.title}"
+            for sec in sections if sec.failed]
     for section in sections:
         header, cells = table(section)
         out += [f"## {section.part}: {section.title}", "",
@@ -1740,8 +1845,75 @@ def to_json(sections: list[Section], info: dict[str, object], s: Settings) -> di
             "conclusions": sec.conclusions,
             "notes": sec.notes,
             "failed": sec.failed,
+            "guards": [guard_json(g) for g in sec.guards],
         } for sec in sections],
+        "guards": [guard_json(g) for sec in sections for g in sec.guards],
+        "ok": passed(sections),
     }
+
+
+def guard_json(g: Guard) -> dict[str, object]:
+    return {"name": g.name, "section": g.section, "value": g.value, "limit": g.limit,
+            "at_most": g.at_most, "unit": g.unit, "ok": g.ok}
+
+
+def passed(sections: list[Section]) -> bool:
+    """No correctness check failed and every regression guard held."""
+    return not any(sec.failed or not all(g.ok for g in sec.guards) for sec in sections)
+
+
+# ---------------------------------------------------------------------------
+# Chart
+
+ROLE_COLOURS = {"floor": "#9e9e9e", "latchwire": "#1f77b4", "peer": "#ff7f0e"}
+
+
+def plot(sections: list[Section], info: dict[str, object], path: Path) -> None:
+    """One horizontal bar chart per section, median per contender, log scale."""
+    import matplotlib  # only with --plot: not needed otherwise
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    if not sections:
+        raise SystemExit("--plot: nothing was measured")
+    columns = 2 if len(sections) > 1 else 1
+    grid = [sections[i:i + columns] for i in range(0, len(sections), columns)]
+    heights = [max(len(sec.rows) for sec in line) * 0.32 + 1.3 for line in grid]
+    fig, axes = plt.subplots(len(grid), columns, squeeze=False,
+                             figsize=(9.5 * columns, sum(heights) + 0.8),
+                             gridspec_kw={"height_ratios": heights})
+    for line, ax_line in zip(grid, axes, strict=True):
+        for k, ax in enumerate(ax_line):
+            if k >= len(line):
+                ax.set_visible(False)
+                continue
+            sec = line[k]
+            rows = sec.rows[::-1]  # first row on top
+            medians = [r.median for r in rows]
+            bars = ax.barh(range(len(rows)), medians,
+                           color=[ROLE_COLOURS.get(r.role, "#cccccc") for r in rows])
+            ax.set_xscale("log")
+            ax.set_yticks(range(len(rows)), [r.name for r in rows], fontsize=8)
+            for tick, r in zip(ax.get_yticklabels(), rows, strict=True):
+                if r.role == "latchwire":
+                    tick.set_fontweight("bold")
+            ax.bar_label(bars, [fmt(m) for m in medians], padding=3, fontsize=7)
+            ax.set_xlim(min(medians) / 2, max(medians) * 4)
+            better = "higher" if sec.unit.endswith("/s") else "lower"
+            ax.set_xlabel(f"median {sec.unit}, log scale ({better} is better)", fontsize=8)
+            ax.tick_params(axis="x", which="both", labelsize=7)
+            ax.set_title(f"{sec.part}: {sec.title}", fontsize=9, loc="left")
+            ax.grid(axis="x", which="major", alpha=0.3)
+    fig.legend(handles=[Patch(color=c, label=role) for role, c in ROLE_COLOURS.items()],
+               loc="upper right", ncols=3, fontsize=9, frameon=False)
+    fig.suptitle(f"latchwire against peers and floors: {info['cpu_model']}, "
+                 f"{info['usable_cpus']} CPUs, Linux {info['kernel']}, {info['python']}",
+                 x=0.01, ha="left", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / (sum(heights) + 0.8)))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1752,6 +1924,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, metavar="FILE", help="write the results as JSON")
     parser.add_argument("--markdown", type=Path, metavar="FILE",
                         help="write the results as a Markdown table")
+    parser.add_argument("--plot", type=Path, metavar="PNG",
+                        help="draw a chart of the results, one panel per comparison "
+                             "(needs matplotlib)")
     args = parser.parse_args(argv)
     if unknown := [p for p in args.parts if p not in PARTS]:
         parser.error(f"unknown part {', '.join(map(repr, unknown))}; "
@@ -1767,12 +1942,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             for section in part(s):
                 print(render_text(section), flush=True)
                 sections.append(section)
+    print(render_guards(sections), flush=True)
     if args.json:
         results = to_json(sections, info, s)
         args.json.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
     if args.markdown:
         args.markdown.write_text(render_markdown(sections, info))
-    return 1 if any(sec.failed for sec in sections) else 0
+    if args.plot:
+        plot(sections, info, args.plot)
+    ok = passed(sections)
+    print("bench: all guards and checks held" if ok else
+          "bench: FAILED: a regression guard or a correctness check (see above)", flush=True)
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
