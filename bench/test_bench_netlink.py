@@ -19,7 +19,6 @@ import os
 import shutil
 import socket
 import struct
-import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -30,7 +29,7 @@ import pytest
 from latchwire import netlink
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare import socket_in_netns  # the floor socket, made as compare.py makes it
+from compare import bench_netns, load_routes, socket_in_netns  # as compare.py does
 
 ROUTES = 10_000
 NLMSG_HDRLEN = 16
@@ -49,26 +48,12 @@ pytestmark = [
 ]
 
 
-def ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True, text=True)
-
-
 @pytest.fixture(scope="module")
 def netns(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A namespace with a veth pair up and ROUTES routes through it."""
-    name = f"lwbench-{os.urandom(4).hex()}"
-    ip("netns", "add", name)
-    try:
-        ip("-n", name, "link", "add", "veth0", "type", "veth", "peer", "name", "veth1")
-        ip("-n", name, "link", "set", "veth0", "up")
-        ip("-n", name, "link", "set", "veth1", "up")
-        batch = tmp_path_factory.mktemp("netlink") / "routes"
-        batch.write_text("".join(f"route add 10.{i >> 16}.{(i >> 8) & 255}.{i & 255}/32 "
-                                 "dev veth0\n" for i in range(ROUTES)))
-        ip("-n", name, "-batch", str(batch))
+    """A namespace with a veth pair up and ROUTES routes through it (compare.py's setup)."""
+    with bench_netns() as name:
+        load_routes(name, 0, ROUTES, tmp_path_factory.mktemp("netlink"))
         yield name
-    finally:
-        subprocess.run(["ip", "netns", "delete", name], check=False, capture_output=True)
 
 
 def test_latchwire_dump(benchmark: Benchmark[Counts], netns: str) -> None:
