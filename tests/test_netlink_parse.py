@@ -420,3 +420,28 @@ def test_random_truncations_raise_protocol_error(nodes: list[Tree], data: Any) -
         return
     total = sum(4 + len(v) + (-len(v) % 4) for t in attrs for v in attrs.all(t))
     assert total - cut < 4  # the last attribute's padding may be past a cut
+
+
+# ---------------------------------------------------------------------------
+# Inputs the fuzzer (fuzz/run.py) found, each kept as it was found
+
+
+@pytest.mark.parametrize("data", [
+    # error_of target: an NLMSG_DONE whose error code is INT_MIN. Negated, it is
+    # no C int, and NetlinkError's strerror raised OverflowError.
+    pytest.param(bytes.fromhex("1400000003000200010000909f37000000000080"), id="done-int-min"),
+])
+def test_fuzzer_finding_error_code_outside_errno_range(data: bytes) -> None:
+    """An error code below -MAX_ERRNO (4095) is malformed: ProtocolError, for an
+    NLMSG_DONE and an NLMSG_ERROR alike, while -4095 is still an errno."""
+    (msg,) = netlink.parse(data)
+    with pytest.raises(ProtocolError):
+        netlink.error_of(msg)
+    for code, type in [(-(2**31), netlink.NLMSG_ERROR), (-4096, netlink.NLMSG_DONE)]:
+        (msg,) = netlink.parse(message(type, payload=struct.pack("=i", code) + b"\0" * 16))
+        with pytest.raises(ProtocolError):
+            netlink.error_of(msg)
+    (msg,) = netlink.parse(message(netlink.NLMSG_ERROR, payload=struct.pack("=i", -4095)
+                                   + b"\0" * 16))
+    error = netlink.error_of(msg)
+    assert error is not None and error.errno == 4095

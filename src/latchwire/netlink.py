@@ -163,6 +163,8 @@ def error_of(msg: Message) -> NetlinkError | None:
     (code,) = struct.unpack_from("=i", payload)
     if code >= 0:
         return None
+    if code < -4095:  # the kernel's errnos are 1..MAX_ERRNO (linux/err.h)
+        raise ProtocolError(f"error code {code} is no errno")
     text: str | None = None
     offset: int | None = None
     if msg.flags & NLM_F_ACK_TLVS:
