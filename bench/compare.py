@@ -67,6 +67,7 @@ import multiprocessing
 import os
 import platform
 import random
+import resource
 import shutil
 import socket
 import statistics
@@ -76,7 +77,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -212,6 +213,22 @@ CHECKER_GUARD = 2000.0  # ns the checker on may add per acquisition
 OBJECTS_GUARD = 10.0  # find_by_uuid + unlock, at most this times dict + threading.Lock
 DUMP_GUARD = 20.0  # latchwire route dump, at most this times the recv_into floor
 CONTENDED_GUARD = 0.5  # contended FileLock throughput, at least this times raw OFD's
+SCALING_GUARD = 5.0  # a ratio to a floor, at most this many times higher at a larger size
+
+
+def add_scaling(small: Section, large: Section, guarded: str, floor: str) -> None:
+    """One comparison measured at two sizes (more names, more objects): large's conclusions
+    say how each contender's median changed from small's, 1.00x being constant time, and
+    guarded's ratio to floor must not grow more than SCALING_GUARD-fold (a guard)."""
+    large.conclusions.append(f"scaling, from '{small.title}' to this ({large.unit}; 1.00x is "
+                             "constant time):")
+    for row in large.rows:
+        before = small.row(row.name).median
+        large.conclusions.append(f"  {row.name}: {fmt(before)} -> {fmt(row.median)} "
+                                 f"({row.median / before:.2f}x)")
+    growth = large.ratios(large.row(guarded))[floor] / small.ratios(small.row(guarded))[floor]
+    add_guard(large, f"{guarded}: growth of its ratio to {floor.removeprefix('floor: ')}",
+              growth, SCALING_GUARD)
 
 
 # ---------------------------------------------------------------------------
@@ -538,15 +555,20 @@ def filelock_part(s: Settings) -> list[Section]:
 
 
 # ---------------------------------------------------------------------------
-# lockspace: acquire+release of names, one name and many
+# lockspace: acquire+release of names, and the busy answer, in a lockspace holding many
 
-MANY_NAMES = 10_000
+LOCKSPACE_COUNTS = (100, 100_000)  # names cycled through; as many more held meanwhile
+SPARE_DESCRIPTORS = 256  # left free beside the held leases, for everything else
+HOLDER = "bench-holder"  # the owner of the held resources
+ASKER = "bench-asker"  # another owner, asking for held resources: it is told busy
 FLOOR_FILELOCK = "floor: FileLock"
 FLOOR_FCNTL = "floor: fcntl"
 FLOOR_OPEN = "floor: open+fcntl+close"
 FLOOR_CREATE = "floor: create+fcntl+unlink"
+FLOOR_REFUSED = "floor: open+fcntl refused+close"
 LS_AUTO = "LockSpace (autocreate)"
 LS_PRE = "LockSpace autocreate=False"
+LS_BUSY = "LockSpace busy answer"
 OSLO_LOCK = "oslo lockutils.lock(external=True)"
 OSLO_EXTERNAL = "oslo external_lock() per name"
 FILELOCK_PER_NAME = "filelock.FileLock per name"
@@ -622,54 +644,6 @@ def no_op(_: object) -> None:
     pass
 
 
-def lockspace_contenders(workdir: Path, names: Sequence[str], stack: ExitStack,
-                         notes: list[str]) -> Iterator[Timed]:
-    """Each contender's acquire+release round the names.
-
-    The resource files are made once, with LockSpace.create(), in one directory
-    that every contender which needs existing files uses: the open+fcntl+close
-    floor, LockSpace autocreate=False, oslo (its lock_path) and filelock. None
-    of them holds anything between cycles, so they cannot get in each other's
-    way, and they all meet the same files in the same caches.
-    """
-    floor_file = workdir / "floor.lock"
-    fd = os.open(floor_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    stack.callback(os.close, fd)
-    yield Timed(FLOOR_FCNTL, "floor", python_floor_loop(fd))
-    lock = latchwire.FileLock(workdir / "filelock-floor.lock",
-                              lockfile=workdir / "filelock-floor.lock")
-    yield Timed(FLOOR_FILELOCK, "floor", pair_loop(lock.acquire, lock.release))
-
-    resources = workdir / "resources"
-    pre = latchwire.LockSpace(resources)
-    for name in names:
-        pre.create(name)
-    paths = [str(resources / name) for name in names]
-    yield Timed(FLOOR_OPEN, "floor", round_robin(paths, open_lock_close, no_op))
-    (workdir / "created").mkdir()
-    yield Timed(FLOOR_CREATE, "floor",
-                round_robin([str(workdir / "created" / n) for n in names],
-                            create_lock_unlink, no_op))
-
-    auto = latchwire.LockSpace(workdir / "lockspace")
-    yield Timed(LS_AUTO, "latchwire", round_robin(names, auto.acquire, auto.release))
-    yield Timed(LS_PRE, "latchwire",
-                round_robin(names, partial(pre.acquire, autocreate=False), pre.release))
-
-    if lockutils := optional_import("oslo_concurrency.lockutils", notes):
-        yield Timed(OSLO_LOCK, "peer", with_round_robin(
-            names, partial(lockutils.lock, external=True, lock_path=str(resources),
-                           do_log=False)))
-        external = [lockutils.external_lock(name, lock_path=str(resources)) for name in names]
-        yield Timed(OSLO_EXTERNAL, "peer",
-                    round_robin(external, type(external[0]).acquire,
-                                type(external[0]).release))
-    if filelock := optional_import("filelock", notes):
-        locks = [filelock.FileLock(path) for path in paths]
-        yield Timed(FILELOCK_PER_NAME, "peer",
-                    round_robin(locks, type(locks[0]).acquire, type(locks[0]).release))
-
-
 def compare_sentence(row: Row, peer: Row) -> str:
     ratio = peer.median / row.median
     if 0.95 < ratio < 1.05:
@@ -679,26 +653,116 @@ def compare_sentence(row: Row, peer: Row) -> str:
     return f"{row.name} is {1 / ratio:.1f}x slower than {peer.name}"
 
 
-def lockspace_section(s: Settings, count: int) -> Section:
-    names = [f"res-{i:05d}" for i in range(count)]
-    workdir = s.workdir / f"lockspace-{count}"
-    workdir.mkdir()
-    notes: list[str] = []
-    with ExitStack() as stack:
-        contenders = list(lockspace_contenders(workdir, names, stack, notes))
-        if count > 1:  # a pass over every name first: files, dentries, objects all warm
-            for c in contenders:
-                c.run(count)
-        sizes = {c.name: calibrate(c.run, s.batch) for c in contenders}
-        samples = interleave(contenders, s.rounds,
-                             lambda c: c.run(sizes[c.name]) / sizes[c.name] * 1e6)
+def refused(attempt: Callable[[str], object]) -> Callable[[str], None]:
+    """attempt(name), which must be refused as busy (BlockingIOError, LockBusy's base);
+    RuntimeError if it is granted instead."""
+    def ask(name: str) -> None:
+        try:
+            attempt(name)
+        except BlockingIOError:
+            return
+        raise RuntimeError(f"{name}: granted, though it is held")
+    return ask
+
+
+def kernel_lock_attempt(path: str) -> None:
+    """What finding a held file busy costs without a table: open, F_OFD_SETLK, close."""
+    fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        fcntl.fcntl(fd, F_OFD_SETLK, WRLCK)
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def descriptors_for(wanted: int, notes: list[str]) -> Iterator[int]:
+    """Room for up to wanted more open descriptors: RLIMIT_NOFILE's soft limit raised to
+    its hard limit for the block, then restored. Yields how many fit: wanted, or fewer
+    (with a note saying so) if the hard limit is too low. RuntimeError if none fit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    try:
+        room = hard - len(os.listdir("/proc/self/fd")) - SPARE_DESCRIPTORS
+        if room < 1:
+            raise RuntimeError(f"RLIMIT_NOFILE's hard limit ({hard:,}) leaves no room to hold "
+                               "a resource")
+        if room < wanted:
+            notes.append(
+                f"Scaled down: {wanted:,} resources held need {wanted:,} open descriptors, but "
+                f"RLIMIT_NOFILE's hard limit is {hard:,} (soft {soft:,}), which this process "
+                f"may not raise: {room:,} are held instead, all that fit with "
+                f"{SPARE_DESCRIPTORS} to spare.")
+        elif soft < hard:
+            notes.append(f"RLIMIT_NOFILE's soft limit was raised from {soft:,} to its hard "
+                         f"limit, {hard:,}, for these sections.")
+        yield min(wanted, room)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def cycle_contenders(space: latchwire.LockSpace, directory: Path, names: Sequence[str],
+                     stack: ExitStack, notes: list[str]) -> Iterator[Timed]:
+    """Each contender's acquire+release round the names, in space's directory.
+
+    The resource files are made beforehand, with LockSpace.create(), and used
+    by every contender which needs existing files: the open+fcntl+close floor,
+    LockSpace autocreate=False, oslo (its lock_path) and filelock. None of them
+    holds anything between cycles, so they cannot get in each other's way, and
+    they all meet the same files in the same caches. The auto-created ones,
+    and the create+fcntl+unlink floor's, come and go in the same directory.
+    """
+    fd = os.open(directory.parent / "floor.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    stack.callback(os.close, fd)
+    yield Timed(FLOOR_FCNTL, "floor", python_floor_loop(fd))
+    lock = latchwire.FileLock(directory.parent / "filelock-floor.lock",
+                              lockfile=directory.parent / "filelock-floor.lock")
+    yield Timed(FLOOR_FILELOCK, "floor", pair_loop(lock.acquire, lock.release))
+    paths = [str(directory / name) for name in names]
+    yield Timed(FLOOR_OPEN, "floor", round_robin(paths, open_lock_close, no_op))
+    fresh = [f"new-{i:06d}" for i in range(len(names))]
+    yield Timed(FLOOR_CREATE, "floor",
+                round_robin([str(directory / name) for name in fresh], create_lock_unlink,
+                            no_op))
+    yield Timed(LS_AUTO, "latchwire", round_robin(fresh, space.acquire, space.release))
+    yield Timed(LS_PRE, "latchwire",
+                round_robin(names, partial(space.acquire, autocreate=False), space.release))
+
+    if lockutils := optional_import("oslo_concurrency.lockutils", notes):
+        yield Timed(OSLO_LOCK, "peer", with_round_robin(
+            names, partial(lockutils.lock, external=True, lock_path=str(directory),
+                           do_log=False)))
+        external = [lockutils.external_lock(name, lock_path=str(directory)) for name in names]
+        yield Timed(OSLO_EXTERNAL, "peer",
+                    round_robin(external, type(external[0]).acquire,
+                                type(external[0]).release))
+    if filelock := optional_import("filelock", notes):
+        locks = [filelock.FileLock(path) for path in paths]
+        yield Timed(FILELOCK_PER_NAME, "peer",
+                    round_robin(locks, type(locks[0]).acquire, type(locks[0]).release))
+
+
+def round_robin_rows(s: Settings, contenders: Sequence[Timed], count: int) -> list[Row]:
+    """Each contender's µs per operation in s.rounds interleaved rounds, after one warm-up
+    pass over its count names (files, dentries and objects all warm)."""
+    for c in contenders:
+        c.run(count)
+    samples = per_op_samples(contenders, s, 1e6)
     rows = [Row(c.name, c.role, per_op) for c, per_op in zip(contenders, samples, strict=True)]
     for row in rows:
         row.details["ops/s"] = 1e6 / row.median
+    return rows
+
+
+def cycle_section(s: Settings, space: latchwire.LockSpace, directory: Path,
+                  names: Sequence[str], held: int, notes: list[str]) -> Section:
+    """acquire+release round names, in space while it holds held other resources."""
+    with ExitStack() as stack:
+        rows = round_robin_rows(s, list(cycle_contenders(space, directory, names, stack,
+                                                         notes)), len(names))
     floors = [r.name for r in rows if r.role == "floor"]
-    what = "one name" if count == 1 else f"{count:,} names, round-robin"
-    section = Section("lockspace", f"uncontended acquire+release, {what}", "µs/op", rows,
-                      floors, columns=["ops/s"], notes=notes)
+    section = Section("lockspace", f"acquire+release, {len(names):,} names round-robin, "
+                      f"{held:,} others held", "µs/op", rows, floors, columns=["ops/s"],
+                      notes=list(notes))
     lockspaces = [r for r in rows if r.role == "latchwire"]
     for row in lockspaces:
         ratios = ", ".join(f"{v:.2f}x the {f.removeprefix('floor: ')} floor"
@@ -715,6 +779,9 @@ def lockspace_section(s: Settings, count: int) -> Section:
     section.conclusions += [compare_sentence(lw, peer) for lw in lockspaces
                             for peer in rows if peer.role == "peer"]
     section.notes += [
+        f"One LockSpace holds {held:,} other resources (owner {HOLDER!r}, one open "
+        "descriptor each) throughout, so every acquire and release below works on a table "
+        f"of {held:,} entries and more, in a directory of some {len(names) + held:,} files.",
         "Floors: fcntl is F_OFD_SETLK lock+unlock on a descriptor kept open; FileLock is "
         "latchwire.FileLock acquire()/release() on one file it keeps open; open+fcntl+close "
         "opens an existing file per acquisition, as every per-name contender here does; "
@@ -731,22 +798,73 @@ def lockspace_section(s: Settings, count: int) -> Section:
         "is one object per name made once (flock). The files are made up front, once, with "
         "LockSpace.create(), and shared by every contender that locks existing files: none "
         "but LockSpace (autocreate) and its floor creates a file while measured.",
-    ]
-    section.notes.append(
         "Creating and unlinking a file costs what the filesystem and its journal make it: on "
         "a disk filesystem it varies several-fold from run to run, so read LockSpace "
-        "(autocreate) against the create+fcntl+unlink floor measured beside it.")
-    if count > 1:
-        section.notes.append(
-            f"Names are taken round-robin, one acquire+release each; every contender made "
-            f"one warm-up pass over all {count:,} names before calibration.")
-    section.notes.append(
-        f"Batches of about {s.batch * 1e3:.0f} ms, {s.rounds} rounds, interleaved.")
+        "(autocreate) against the create+fcntl+unlink floor measured beside it.",
+        f"Names are taken round-robin, one acquire+release each; every contender made one "
+        f"warm-up pass over all {len(names):,} names before calibration. Batches of about "
+        f"{s.batch * 1e3:.0f} ms, {s.rounds} rounds, interleaved.",
+    ]
     return section
 
 
+def busy_section(s: Settings, space: latchwire.LockSpace, held: Sequence[str],
+                 notes: list[str]) -> Section:
+    """Another owner asking for each held resource in turn: LockBusy from space's table,
+    against what the kernel alone takes to say the same."""
+    paths = [space.path(name) for name in held]
+    contenders = [
+        Timed(FLOOR_REFUSED, "floor", round_robin(paths, refused(kernel_lock_attempt), no_op)),
+        Timed(LS_BUSY, "latchwire",
+              round_robin(held, refused(partial(space.acquire, owner=ASKER, autocreate=False)),
+                          no_op)),
+    ]
+    rows = round_robin_rows(s, contenders, len(held))
+    section = Section("lockspace", f"busy answer, {len(held):,} held, round-robin", "µs/op",
+                      rows, [FLOOR_REFUSED], columns=["ops/s"], notes=list(notes))
+    section.conclusions.append(compare_sentence(section.row(LS_BUSY),
+                                                section.row(FLOOR_REFUSED)))
+    section.notes += [
+        f"The {len(held):,} resources the LockSpace holds (owner {HOLDER!r}) are asked for "
+        f"round-robin by another owner ({ASKER!r}, wait=False, autocreate=False): the table "
+        "answers LockBusy without opening the file (a second descriptor would drop a "
+        "classic POSIX lock). Every answer is checked to be a refusal.",
+        "Floor: what the kernel alone takes to say the same: open the file, a refused "
+        "F_OFD_SETLK (EAGAIN: the lockspace's lease conflicts), close.",
+        f"Every contender made one warm-up pass over all {len(held):,} names before "
+        f"calibration. Batches of about {s.batch * 1e3:.0f} ms, {s.rounds} rounds, "
+        "interleaved.",
+    ]
+    return section
+
+
+def lockspace_sections(s: Settings, count: int) -> list[Section]:
+    """Both lockspace comparisons at count names, in one lockspace that holds count more
+    resources throughout (fewer if RLIMIT_NOFILE's hard limit is too low)."""
+    workdir = s.workdir / f"lockspace-{count}"
+    directory = workdir / "space"
+    notes: list[str] = []
+    with ExitStack() as stack:
+        stack.callback(shutil.rmtree, workdir)
+        held_count = stack.enter_context(descriptors_for(count, notes))
+        space = latchwire.LockSpace(directory)
+        names = [f"res-{i:06d}" for i in range(count)]
+        held = [f"held-{i:06d}" for i in range(held_count)]
+        for name in [*names, *held]:
+            space.create(name)
+        stack.callback(space.release_owner, HOLDER)
+        for name in held:
+            space.acquire(name, owner=HOLDER, autocreate=False)
+        return [cycle_section(s, space, directory, names, held_count, notes),
+                busy_section(s, space, held, notes)]
+
+
 def lockspace_part(s: Settings) -> list[Section]:
-    return [lockspace_section(s, 1), lockspace_section(s, MANY_NAMES)]
+    small, large = (lockspace_sections(s, count) for count in LOCKSPACE_COUNTS)
+    for fewer, more, guarded, floor in zip(small, large, (LS_PRE, LS_BUSY),
+                                           (FLOOR_OPEN, FLOOR_REFUSED), strict=True):
+        add_scaling(fewer, more, guarded, floor)
+    return [*small, *large]
 
 
 # ---------------------------------------------------------------------------
@@ -1261,12 +1379,16 @@ def rwlock_part(s: Settings) -> list[Section]:
 
 
 # ---------------------------------------------------------------------------
-# objects: ObjectList lookups, handed back locked
+# objects: ObjectList lookups, handed back locked, and changes
 
 OBJECT_COUNTS = (100, 100_000)
 LOOKUP_KEYS = 1000  # keys each lookup loop cycles through
 DICT_LOCK_FLOOR = "floor: dict lookup + threading.Lock"
 DICT_FLOOR = "floor: dict lookup"
+FIND_UUID = "find_by_uuid + unlock"
+CHANGED = 1000  # objects added and removed in turn, one at a time
+ADD_REMOVE = "add + unlock + remove"
+DICT_CHANGE_FLOOR = "floor: 2 dict entries made + dropped, threading.Lock"
 
 
 K = TypeVar("K")
@@ -1285,13 +1407,20 @@ def cycling(keys: Sequence[K], op: Callable[[K], object]) -> Callable[[int], flo
     return run
 
 
-def objects_section(s: Settings, count: int) -> Section:
-    """find_by_uuid/name/id (and the unlock) over count objects, against dict + Lock floors."""
+def objects_sections(s: Settings, count: int) -> list[Section]:
+    """Over a list of count objects: lookups, and adding then removing one more."""
     doms: latchwire.ObjectList[latchwire.Lockable] = latchwire.ObjectList("bench")
     for i in range(count):
         obj = doms.add(latchwire.Lockable(f"uuid-{i}", f"name-{i}"))
         doms.activate(obj, i)
         obj.unlock()
+    return [lookup_section(s, doms, count), change_section(s, doms, count)]
+
+
+def lookup_section(s: Settings, doms: latchwire.ObjectList[latchwire.Lockable],
+                   count: int) -> Section:
+    """find_by_uuid/name/id (and the unlock) among count objects "uuid-I", "name-I" with
+    id I, against dict + Lock floors."""
     picks = random.Random(count).sample(range(count), min(count, LOOKUP_KEYS))
     locks = {f"uuid-{i}": threading.Lock() for i in range(count)}  # as many as objects
 
@@ -1311,7 +1440,7 @@ def objects_section(s: Settings, count: int) -> Section:
     contenders = [
         Timed(DICT_FLOOR, "floor", cycling(uuids, locks.__getitem__)),
         Timed(DICT_LOCK_FLOOR, "floor", cycling(uuids, dict_and_lock)),
-        Timed("find_by_uuid + unlock", "latchwire", cycling(uuids, by(doms.find_by_uuid))),
+        Timed(FIND_UUID, "latchwire", cycling(uuids, by(doms.find_by_uuid))),
         Timed("find_by_name + unlock", "latchwire",
               cycling([f"name-{i}" for i in picks], by(doms.find_by_name))),
         Timed("find_by_id + unlock", "latchwire", cycling(picks, by(doms.find_by_id))),
@@ -1322,9 +1451,8 @@ def objects_section(s: Settings, count: int) -> Section:
         row.details["lookups/s"] = 1e9 / row.median
     section = Section("objects", f"lookups, {count:,} objects", "ns/op", rows,
                       [DICT_LOCK_FLOOR], columns=["lookups/s"])
-    add_guard(section, "find_by_uuid + unlock / dict + threading.Lock",
-              section.ratios(section.row("find_by_uuid + unlock"))[DICT_LOCK_FLOOR],
-              OBJECTS_GUARD)
+    add_guard(section, f"{FIND_UUID} / dict + threading.Lock",
+              section.ratios(section.row(FIND_UUID))[DICT_LOCK_FLOOR], OBJECTS_GUARD)
     for row in rows:
         if row.role == "latchwire":
             section.conclusions.append(
@@ -1340,18 +1468,64 @@ def objects_section(s: Settings, count: int) -> Section:
     return section
 
 
+def change_section(s: Settings, doms: latchwire.ObjectList[latchwire.Lockable],
+                   count: int) -> Section:
+    """add() (handed back locked), unlock, remove() of one more object among count, against
+    the same two index entries made and dropped under a threading.Lock."""
+    extra = [latchwire.Lockable(f"extra-uuid-{i}", f"extra-name-{i}") for i in range(CHANGED)]
+    lock = threading.Lock()
+    by_uuid: dict[Hashable, latchwire.Lockable] = {f"uuid-{i}": extra[0] for i in range(count)}
+    by_name: dict[str, latchwire.Lockable] = {f"name-{i}": extra[0] for i in range(count)}
+
+    def add_remove(obj: latchwire.Lockable) -> None:
+        doms.add(obj)
+        obj.unlock()
+        doms.remove(obj)
+
+    def insert_delete(obj: latchwire.Lockable) -> None:
+        with lock:
+            by_uuid[obj.uuid] = obj
+            by_name[obj.name] = obj
+        with lock:
+            del by_uuid[obj.uuid]
+            del by_name[obj.name]
+
+    contenders = [Timed(DICT_CHANGE_FLOOR, "floor", cycling(extra, insert_delete)),
+                  Timed(ADD_REMOVE, "latchwire", cycling(extra, add_remove))]
+    samples = per_op_samples(contenders, s, 1e9)
+    rows = [Row(c.name, c.role, per_op) for c, per_op in zip(contenders, samples, strict=True)]
+    for row in rows:
+        row.details["changes/s"] = 1e9 / row.median
+    section = Section("objects", f"add+remove, {count:,} objects present", "ns/op", rows,
+                      [DICT_CHANGE_FLOOR], columns=["changes/s"])
+    section.failed = len(doms) != count
+    section.conclusions.append(
+        f"{ADD_REMOVE}: {section.ratios(section.row(ADD_REMOVE))[DICT_CHANGE_FLOOR]:.2f}x "
+        "the floor")
+    section.notes += [
+        f"Each operation adds one of {CHANGED} more objects (handed back locked), unlocks "
+        f"it and removes it again, so the list holds {count:,} objects throughout: add() "
+        "takes the list's write lock and the object's lock, checks uuid, name and id are "
+        "free and enters uuid and name in their indexes; remove() marks the object under "
+        "the write lock, waits out its users (none here) by locking and unlocking it, and "
+        "drops its index entries under the write lock again.",
+        "Floor: the same two index entries (uuid, name) made in two dicts of "
+        f"{count:,} entries under a threading.Lock, then dropped under it again.",
+        f"Batches of about {s.batch * 1e3:.0f} ms, {s.rounds} rounds, interleaved.",
+    ]
+    if section.failed:
+        section.notes.append(f"FAILED: the list holds {len(doms):,} objects afterwards, "
+                             f"not {count:,}.")
+    return section
+
+
 def objects_part(s: Settings) -> list[Section]:
-    sections = [objects_section(s, count) for count in OBJECT_COUNTS]
-    small, large = sections[0], sections[-1]
-    floor = large.row(DICT_LOCK_FLOOR).median / small.row(DICT_LOCK_FLOOR).median
-    for row in small.rows:
-        if row.role == "latchwire":
-            growth = large.row(row.name).median / row.median
-            large.conclusions.append(
-                f"{row.name}: {growth:.2f}x the time per lookup at {OBJECT_COUNTS[-1]:,} "
-                f"objects as at {OBJECT_COUNTS[0]:,}; the floor's grew {floor:.2f}x (caches, "
-                "not the algorithm: every index is a dict)")
-    return sections
+    small, large = (objects_sections(s, count) for count in OBJECT_COUNTS)
+    for fewer, more, guarded in zip(small, large, (FIND_UUID, ADD_REMOVE), strict=True):
+        add_scaling(fewer, more, guarded, fewer.floors[0])
+        more.notes.append("Every index is a dict: what grows with the number of objects "
+                          "grows in the floors too (caches), not in the algorithm.")
+    return [*small, *large]
 
 
 # ---------------------------------------------------------------------------
