@@ -18,10 +18,13 @@ import weakref
 from collections.abc import Generator, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from latchwire import _core
 from latchwire.errors import LockBusy, LockCancelled
+
+if TYPE_CHECKING:  # the engines' clients are optional extras: never imported here at run time
+    from latchwire.lockspace_zk import ZkLockSpace
 
 __all__ = ["FileLock", "Holder", "Lease", "LockSpace", "file_holders", "resource_name"]
 
@@ -270,6 +273,21 @@ class LockSpace:
     happen outside the table lock, in the kernel or on the file's in-process
     record.
     """
+
+    def __new__(cls, directory: str | os.PathLike[str] | None, **options: Any) -> Any:
+        """A ``zk://`` URL gives a lockspace on that coordination engine
+        (``lockspace_remote.connect``, with options); anything else a LockSpace of files."""
+        if isinstance(directory, str) and directory.startswith("zk://"):
+            from latchwire.lockspace_remote import connect
+            return connect(directory, **options)
+        return super().__new__(cls)
+
+    @staticmethod
+    def zookeeper(hosts: str | Sequence[str], prefix: str = "/latchwire",
+                  **options: float) -> ZkLockSpace:
+        """A lockspace on ZooKeeper (``latchwire.lockspace_zk``; needs the zookeeper extra)."""
+        from latchwire.lockspace_zk import ZkLockSpace
+        return ZkLockSpace(hosts, prefix, **options)
 
     def __init__(self, directory: str | os.PathLike[str] | None) -> None:
         self.directory: str | None = None
