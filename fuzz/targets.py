@@ -99,7 +99,7 @@ def error_of(data: bytes) -> None:
         except ProtocolError:
             continue
         if error is not None:
-            assert isinstance(error, NetlinkError) and error.errno > 0, error
+            assert isinstance(error, NetlinkError) and (error.errno or 0) > 0, error
             assert error.msg is None or isinstance(error.msg, str), error
 
 
