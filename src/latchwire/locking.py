@@ -24,6 +24,7 @@ from latchwire import _core
 from latchwire.errors import LockBusy, LockCancelled
 
 if TYPE_CHECKING:  # the engines' clients are optional extras: never imported here at run time
+    from latchwire.lockspace_etcd import EtcdLockSpace
     from latchwire.lockspace_zk import ZkLockSpace
 
 __all__ = ["FileLock", "Holder", "Lease", "LockSpace", "file_holders", "resource_name"]
@@ -275,9 +276,9 @@ class LockSpace:
     """
 
     def __new__(cls, directory: str | os.PathLike[str] | None, **options: Any) -> Any:
-        """A ``zk://`` URL gives a lockspace on that coordination engine
+        """A ``zk://`` or ``etcd://`` URL gives a lockspace on that coordination engine
         (``lockspace_remote.connect``, with options); anything else a LockSpace of files."""
-        if isinstance(directory, str) and directory.startswith("zk://"):
+        if isinstance(directory, str) and directory.startswith(("zk://", "etcd://")):
             from latchwire.lockspace_remote import connect
             return connect(directory, **options)
         return super().__new__(cls)
@@ -288,6 +289,12 @@ class LockSpace:
         """A lockspace on ZooKeeper (``latchwire.lockspace_zk``; needs the zookeeper extra)."""
         from latchwire.lockspace_zk import ZkLockSpace
         return ZkLockSpace(hosts, prefix, **options)
+
+    @staticmethod
+    def etcd(endpoint: str, prefix: str = "/latchwire", **options: float) -> EtcdLockSpace:
+        """A lockspace on etcd (``latchwire.lockspace_etcd``; needs the etcd extra)."""
+        from latchwire.lockspace_etcd import EtcdLockSpace
+        return EtcdLockSpace(endpoint, prefix, **options)
 
     def __init__(self, directory: str | os.PathLike[str] | None) -> None:
         self.directory: str | None = None

@@ -27,9 +27,11 @@ of a resource) is what the guarded resource checks to refuse its late writes.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import queue
+import socket
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -154,13 +156,21 @@ class RemoteLockSpace(ABC):
         FileNotFoundError if name does not exist and not autocreate."""
 
     @abstractmethod
-    def _blocker(self, name: str, key: str, shared: bool, deadline: float | None) -> str | None:
-        """The entry that key must wait for (the nearest conflicting one ahead), or None
-        if key is granted. SessionLost if key is gone."""
+    def _blocker(self, name: str, key: str, shared: bool,
+                 deadline: float | None) -> tuple[str, int] | None:
+        """The entry that key must wait for (the nearest conflicting one ahead) and the
+        engine's revision it was seen at (0 where the engine has none), or None if key is
+        granted. SessionLost if key is gone."""
 
     @abstractmethod
-    def _wait_gone(self, key: str, wake: threading.Event, timeout: float | None) -> None:
-        """Return once the entry key is gone, wake is set, or timeout s have passed."""
+    def queue(self, name: str) -> list[str]:
+        """The entries (holds and waits, from everywhere) on name, first served first."""
+
+    @abstractmethod
+    def _wait_gone(self, ahead: tuple[str, int], wake: threading.Event,
+                   timeout: float | None) -> None:
+        """Return once the entry ahead (as _blocker gave it) is gone, wake is set, or
+        timeout s have passed."""
 
     @abstractmethod
     def _dequeue(self, key: str) -> None:
@@ -182,6 +192,12 @@ class RemoteLockSpace(ABC):
     @abstractmethod
     def _close_session(self) -> None:
         """End the engine session (its remaining entries go with it)."""
+
+    @staticmethod
+    def _entry_data(owner: Hashable) -> bytes:
+        """What an entry says about its owner, for people reading the engine's data."""
+        return json.dumps({"owner": repr(owner), "host": socket.gethostname(),
+                           "pid": os.getpid()}).encode()
 
     # -- session states, reported by the engine ------------------------------
 
@@ -279,10 +295,10 @@ class RemoteLockSpace(ABC):
             if blocker is None:
                 return
             if not wait:
-                raise LockBusy(f"{name!r} is held or awaited ({blocker})")
+                raise LockBusy(f"{name!r} is held or awaited ({blocker[0]})")
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
-                raise LockTimeout(f"{name!r} still held or awaited ({blocker})")
+                raise LockTimeout(f"{name!r} still held or awaited ({blocker[0]})")
             self._wait_gone(blocker, waiter.wake, left)
 
     @staticmethod
@@ -354,8 +370,8 @@ class RemoteLockSpace(ABC):
 
 
 def connect(url: str, **options: float) -> RemoteLockSpace:
-    """The remote lockspace a ``zk://HOST:PORT[,HOST:PORT...]/PREFIX`` URL names;
-    options go to its constructor."""
+    """The remote lockspace a ``zk://HOST:PORT[,HOST:PORT...]/PREFIX`` or
+    ``etcd://HOST:PORT/PREFIX`` URL names; options go to its constructor."""
     parts = urlsplit(url)
     if not parts.netloc:
         raise ValueError(f"{url!r}: no server")
@@ -363,4 +379,7 @@ def connect(url: str, **options: float) -> RemoteLockSpace:
     if parts.scheme == "zk":
         from latchwire.lockspace_zk import ZkLockSpace
         return ZkLockSpace(parts.netloc, prefix, **options)
+    if parts.scheme == "etcd":
+        from latchwire.lockspace_etcd import EtcdLockSpace
+        return EtcdLockSpace(parts.netloc, prefix, **options)
     raise ValueError(f"{url!r}: unknown lockspace scheme {parts.scheme!r}")

@@ -35,9 +35,6 @@ Partitions and pauses, plainly:
 from __future__ import annotations
 
 import contextlib
-import json
-import os
-import socket
 import threading
 import time
 import uuid
@@ -85,7 +82,6 @@ class ZkLockSpace(RemoteLockSpace):
         self.prefix = prefix.rstrip("/")
         self.hosts = hosts if isinstance(hosts, str) else ",".join(hosts)
         self.session_timeout = session_timeout
-        self._owner_info = {"host": socket.gethostname(), "pid": os.getpid()}
         self.client = KazooClient(hosts=self.hosts, timeout=session_timeout)
         self.client.add_listener(self._on_state)
         try:
@@ -142,7 +138,7 @@ class ZkLockSpace(RemoteLockSpace):
         """
         parent = self.path(name)
         tag = f"{'sh' if shared else 'ex'}-{uuid.uuid4().hex}-"
-        data = json.dumps({"owner": repr(owner), **self._owner_info}).encode()
+        data = self._entry_data(owner)
         tried = False
 
         def create(left: float) -> tuple[str, Any]:
@@ -175,20 +171,35 @@ class ZkLockSpace(RemoteLockSpace):
         if request.successful():
             self.client.delete_async(request.get()[0])
 
-    def _blocker(self, name: str, key: str, shared: bool, deadline: float | None) -> str | None:
-        """The nearest entry ahead of key that conflicts with it, or None."""
-        parent, mine = key.rsplit("/", 1)
-        entries = sorted(self._op(f"list {name!r}", self.client.get_children_async, parent,
-                                  deadline=deadline), key=_sequence)
-        if mine not in entries:
-            raise SessionLost(f"the queue entry {key} is gone: its session expired")
-        ahead = entries[:entries.index(mine)]
-        if shared:
-            ahead = [entry for entry in ahead if entry.startswith("ex-")]
-        return f"{parent}/{ahead[-1]}" if ahead else None
+    def queue(self, name: str, deadline: float | None = None) -> list[str]:
+        """The entries (holds and waits, from everywhere) on name, first served first;
+        FileNotFoundError if name has no znode."""
+        try:
+            entries = self._op(f"list {name!r}", self.client.get_children_async,
+                               self.path(name), deadline=deadline)
+        except NoNodeError:
+            raise FileNotFoundError(f"no resource {name!r} ({self.path(name)})") from None
+        return [f"{self.path(name)}/{entry}" for entry in sorted(entries, key=_sequence)]
 
-    def _wait_gone(self, key: str, wake: threading.Event, timeout: float | None) -> None:
-        """Watch key (a one-shot ZooKeeper watch) and wait for it to go, for wake or timeout."""
+    def _blocker(self, name: str, key: str, shared: bool,
+                 deadline: float | None) -> tuple[str, int] | None:
+        """The nearest entry ahead of key that conflicts with it, or None."""
+        try:
+            entries = self.queue(name, deadline)
+        except FileNotFoundError:
+            entries = []
+        if key not in entries:
+            raise SessionLost(f"the queue entry {key} is gone: its session expired")
+        ahead = entries[:entries.index(key)]
+        if shared:
+            ahead = [entry for entry in ahead if entry.rsplit("/", 1)[1].startswith("ex-")]
+        return (ahead[-1], 0) if ahead else None
+
+    def _wait_gone(self, ahead: tuple[str, int], wake: threading.Event,
+                   timeout: float | None) -> None:
+        """Watch the entry (a one-shot ZooKeeper watch) and wait for it to go, for wake or
+        timeout."""
+        key = ahead[0]
         deadline = None if timeout is None else time.monotonic() + timeout
         stat = self._op(f"watch {key}", self.client.exists_async, key,
                         watch=lambda _event: wake.set(), deadline=deadline)

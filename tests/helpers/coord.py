@@ -1,8 +1,9 @@
 """Coordination engines for the remote lockspace tests: real servers, agents, a cuttable link.
 
-- ``ZooKeeper``: Debian's ``zookeeper`` package run on 127.0.0.1 with a
+- ``start_zookeeper``: Debian's ``zookeeper`` package run on 127.0.0.1 with a
   temporary data directory and a free port, short ticks so that sessions of
-  a second or two are allowed.
+  a second or two are allowed; ``start_etcd``: Debian's ``etcd-server`` the
+  same way. Each gives a ``Server``.
 - ``RemoteAgent``: a fresh interpreter holding ``LockSpace(url)`` and answering
   ``lwtest.Agent``'s JSON commands; this file is its script
   (``python coord.py URL OPTIONS``). Besides the lockspace's methods it knows
@@ -20,12 +21,13 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +112,27 @@ def start_zookeeper(workdir: Path) -> Server:
                   port, workdir / "zookeeper.log")
 
 
+def etcd_missing() -> str | None:
+    """Why an etcd cannot be started here, or None if it can."""
+    if shutil.which("etcd") is None:
+        return "no etcd (apt-get install etcd-server)"
+    try:
+        import etcd3gw  # noqa: F401
+    except ImportError:
+        return "etcd3gw is not installed (pip install 'latchwire[etcd]')"
+    return None
+
+
+def start_etcd(workdir: Path) -> Server:
+    """A single-member etcd on 127.0.0.1, its data in workdir."""
+    client, peer = f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"
+    return Server(["etcd", "--name", "test", "--data-dir", str(workdir / "data"),
+                   "--listen-client-urls", client, "--advertise-client-urls", client,
+                   "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+                   "--initial-cluster", f"test={peer}"],
+                  int(client.rsplit(":", 1)[1]), workdir / "etcd.log")
+
+
 class RemoteAgent(Agent):
     """An ``lwtest.Agent`` whose process holds ``LockSpace(url, **options)`` (this script)."""
 
@@ -119,6 +142,27 @@ class RemoteAgent(Agent):
                                      env=child_env(), bufsize=0)
         self.pid = self.proc.pid
         self._buf = b""
+
+
+    @staticmethod
+    @contextlib.contextmanager
+    def all_killed(url: str, **options: float) -> Iterator[Callable[[], RemoteAgent]]:
+        """A function starting RemoteAgents on url; on exit every one still running is
+        resumed (if stopped) and killed."""
+        started: list[RemoteAgent] = []
+
+        def start() -> RemoteAgent:
+            agent = RemoteAgent(url, **options)
+            started.append(agent)
+            return agent
+
+        try:
+            yield start
+        finally:
+            for agent in started:
+                if agent.proc.poll() is None:
+                    os.kill(agent.pid, signal.SIGCONT)
+                agent.kill()
 
 
 class Link:
