@@ -50,16 +50,18 @@ def native_instrumentation() -> str:
 
 def preload_runtime() -> None:
     """For a native-instrumented _core, re-execute this script with atheris'
-    ASan+libFuzzer runtime preloaded (ASan reports fatal, leaks not checked:
-    CPython keeps memory until exit on purpose); the runs inherit it."""
+    ASan+libFuzzer runtime preloaded, which the runs inherit. Leaks are not
+    checked (CPython's caches would pass for them); options already in
+    ASAN_OPTIONS or UBSAN_OPTIONS win over these defaults."""
     import atheris
 
     runtime = str(Path(atheris.path()) / "asan_with_fuzzer.so")
     if os.environ.get("LD_PRELOAD") == runtime:
         return
     env = dict(os.environ, LD_PRELOAD=runtime, PYTHONMALLOC="malloc")
-    env.setdefault("ASAN_OPTIONS", f"detect_leaks=0:suppressions={SUPPRESSIONS}")
-    env.setdefault("UBSAN_OPTIONS", "print_stacktrace=1:halt_on_error=1")
+    for name, defaults in [("ASAN_OPTIONS", f"detect_leaks=0:suppressions={SUPPRESSIONS}"),
+                           ("UBSAN_OPTIONS", "print_stacktrace=1:halt_on_error=1")]:
+        env[name] = f"{defaults}:{env[name]}" if env.get(name) else defaults
     os.execve(sys.executable, [sys.executable, *sys.argv], env)
 
 
@@ -81,7 +83,7 @@ def run(target: str, seconds: float, root: Path, seeds: list[Path]) -> tuple[int
     corpus.mkdir(parents=True, exist_ok=True)
     (root / "crashes").mkdir(parents=True, exist_ok=True)
     args = [str(corpus), *[str(s) for s in seeds if s.is_dir()],
-            f"-max_total_time={max(1, round(seconds))}", "-timeout=10",
+            f"-max_total_time={max(1, round(seconds))}", "-timeout=10", "-detect_leaks=0",
             f"-artifact_prefix={root / 'crashes'}/{target}-", "-print_final_stats=1"]
     proc = subprocess.Popen([sys.executable, __file__, "--worker", target, *args],
                             stderr=subprocess.PIPE, text=True, errors="replace")
