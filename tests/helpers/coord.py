@@ -125,6 +125,7 @@ def etcd_missing() -> str | None:
 
 def start_etcd(workdir: Path) -> Server:
     """A single-member etcd on 127.0.0.1, its data in workdir."""
+    workdir.mkdir(parents=True, exist_ok=True)
     client, peer = f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"
     return Server(["etcd", "--name", "test", "--data-dir", str(workdir / "data"),
                    "--listen-client-urls", client, "--advertise-client-urls", client,
