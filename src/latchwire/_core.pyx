@@ -13,6 +13,8 @@ own modules cannot. One concept per included file:
 - _mutex.pxi: Mutex and RWLock.
 - _netlink.pxi: netlink channels (one kernel socket each) and the bounds-checked
   message and attribute parser.
+- _rtnl.pxi: rtnetlink records (links, addresses, routes, neighbours) decoded
+  in one pass over a received datagram.
 
 The rule for all of them: object state is read and written with the GIL held;
 the GIL is released only around a call that may block (a kernel lock wait, a
@@ -73,3 +75,4 @@ include "_lockdep.pxi"
 include "_filelock.pxi"
 include "_mutex.pxi"
 include "_netlink.pxi"
+include "_rtnl.pxi"

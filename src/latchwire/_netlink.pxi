@@ -29,6 +29,15 @@ cdef enum:
     NLA_HDRLEN = 4
     NLA_TYPE_MASK = 0x3fff          # ~(NLA_F_NESTED | NLA_F_NET_BYTEORDER)
     NL_PEEK_BUFFER = 65536          # datagrams up to this size take one copy
+    NLMSG_NOOP_ = 1
+    NLMSG_ERROR_ = 2
+    NLMSG_DONE_ = 3
+    NLM_F_DUMP_INTR_ = 0x10
+    NLM_F_DUMP_FILTERED_ = 0x20
+    # What a datagram said about the dump it belongs to (recv_into's status).
+    LW_DUMP_DONE = 1
+    LW_DUMP_INTR = 2
+    LW_DUMP_FILTERED = 4
 
 
 cdef inline Py_ssize_t nl_align(Py_ssize_t n) noexcept nogil:
@@ -156,23 +165,20 @@ cdef class _Channel:
                 raise _oserror(err)
             PyErr_CheckSignals()
 
-    def recv(self, timeout=None):
-        """The next datagram from the kernel, whole, or None if none came within
-        timeout (0: do not wait). Datagrams from any other sender are dropped.
-
-        Overrun (ENOBUFS) if the kernel had to drop messages for this socket;
-        the socket stays usable. A signal handler's exception ends a wait.
-        """
+    # Wait up to timeout (None: forever, 0: not at all) for a datagram from the
+    # kernel and peek at it: its length, with its first NL_PEEK_BUFFER bytes
+    # in self.peek, or -1 if none came. Datagrams from any other sender are
+    # dropped; Overrun on ENOBUFS; a signal handler's exception ends the wait.
+    cdef Py_ssize_t _peek(self, timeout) except -2:
         self._check_open()
         cdef double deadline = -1 if timeout is None else lw_now() + <double>timeout
         cdef pollfd pfd
         cdef ssize_t n
         cdef int rc, wait_ms, err
-        cdef char *buf = self.peek
-        cdef bytes whole
         cdef sockaddr_nl sender
         cdef iovec iov
         cdef msghdr hdr
+        cdef char *buf = self.peek
         while True:
             memset(&hdr, 0, sizeof(hdr))
             iov.iov_base = buf
@@ -189,7 +195,7 @@ cdef class _Channel:
                     n = -1
                     err = EINTR
             if n >= 0:
-                break
+                return n
             if err == ENOBUFS:
                 raise Overrun(ENOBUFS, "netlink notifications were lost: resync")
             if err == EINTR:
@@ -202,7 +208,7 @@ cdef class _Channel:
             else:
                 wait_ms = <int>((deadline - lw_now()) * 1000 + 0.999)
                 if wait_ms <= 0:
-                    return None
+                    return -1
             pfd.fd = self.fd
             pfd.events = POLLIN
             with nogil:
@@ -212,18 +218,57 @@ cdef class _Channel:
                 PyErr_CheckSignals()
             elif rc < 0:
                 raise _oserror(err)
+
+    # Consume the datagram _peek saw (n bytes): as bytes, or, with whole false
+    # and n within self.peek, just drop it from the socket (None: read self.peek).
+    cdef bytes _take(self, Py_ssize_t n, bint whole):
+        cdef bytes data = None
+        cdef char *buf = NULL
+        cdef char *peeked = self.peek
+        cdef ssize_t got
         if n <= NL_PEEK_BUFFER:
-            whole = PyBytes_FromStringAndSize(buf, n)
-            with nogil:
-                n = recv(self.fd, NULL, 0, MSG_TRUNC | MSG_DONTWAIT)     # consume it
+            if whole:
+                data = PyBytes_FromStringAndSize(peeked, n)
         else:
-            whole = PyBytes_FromStringAndSize(NULL, n)
-            buf = PyBytes_AS_STRING(whole)
-            with nogil:
-                n = recv(self.fd, buf, n, MSG_DONTWAIT)
-        if n < 0:
+            data = PyBytes_FromStringAndSize(NULL, n)
+            buf = PyBytes_AS_STRING(data)
+        with nogil:
+            got = recv(self.fd, buf, n if buf != NULL else 0, MSG_TRUNC | MSG_DONTWAIT)
+        if got < 0:
             raise _oserror(errno)
-        return whole
+        return data
+
+    def recv(self, timeout=None):
+        """The next datagram from the kernel, whole, or None if none came within
+        timeout (0: do not wait). Datagrams from any other sender are dropped.
+
+        Overrun (ENOBUFS) if the kernel had to drop messages for this socket;
+        the socket stays usable. A signal handler's exception ends a wait.
+        """
+        cdef Py_ssize_t n = self._peek(timeout)
+        return None if n < 0 else self._take(n, True)
+
+    def recv_into(self, list out not None, timeout=None, seq=None, bint decode=True):
+        """Receive the next datagram and append its contents to out: the
+        rtnetlink records (decode) or the Messages. With seq, only the messages
+        of that sequence number and this channel's port id count (a dump's).
+
+        None if nothing came within timeout; else (status, error): status has
+        bit 1 for the end of a dump, 2 for NLM_F_DUMP_INTR, 4 for
+        NLM_F_DUMP_FILTERED; error is the Message of an NLMSG_ERROR or of an
+        NLMSG_DONE carrying an error, which ends the datagram's walk.
+        """
+        cdef Py_ssize_t n = self._peek(timeout)
+        cdef bytes data
+        cdef char *peeked = self.peek
+        if n < 0:
+            return None
+        data = self._take(n, not decode)
+        if data is None:
+            return lw_walk(<const unsigned char *>peeked, n, None,
+                           -1 if seq is None else <unsigned int>seq, self.pid, decode, out)
+        return lw_walk(<const unsigned char *>PyBytes_AS_STRING(data), n, data,
+                       -1 if seq is None else <unsigned int>seq, self.pid, decode, out)
 
 
 # ---------------------------------------------------------------------------
@@ -241,6 +286,24 @@ cdef inline uint32_t rd32(const unsigned char *p) noexcept nogil:
     return v
 
 
+# Whether a message starts at *off of p[0:n]: 1 with its length in *length, 0
+# at the end; ProtocolError if its header or length does not fit.
+cdef inline int lw_next_msg(const unsigned char *p, Py_ssize_t *off, Py_ssize_t n,
+                            Py_ssize_t *length) except -1:
+    cdef Py_ssize_t at = off[0]
+    cdef uint32_t mlen
+    if at >= n:
+        return 0
+    if n - at < NLMSG_HDRLEN:
+        raise ProtocolError(f"truncated netlink header: {n - at} bytes at offset {at}")
+    mlen = rd32(p + at)
+    if mlen < NLMSG_HDRLEN or mlen > n - at:
+        raise ProtocolError(f"netlink message length {mlen} at offset {at} does not fit "
+                            f"the {n - at} bytes left")
+    length[0] = mlen
+    return 1
+
+
 def parse(bytes buf not None):
     """Split a received datagram into Messages; ProtocolError if it is malformed.
 
@@ -249,28 +312,69 @@ def parse(bytes buf not None):
     raise ProtocolError, never read outside buf.
     """
     cdef const unsigned char *p = <const unsigned char *>PyBytes_AS_STRING(buf)
-    cdef Py_ssize_t size = PyBytes_GET_SIZE(buf), off = 0
-    cdef uint32_t length
-    cdef Message msg
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(buf), off = 0, length
     cdef list msgs = []
-    while off < size:
-        if size - off < NLMSG_HDRLEN:
-            raise ProtocolError(f"truncated netlink header: {size - off} bytes at offset {off}")
-        length = rd32(p + off)
-        if length < NLMSG_HDRLEN or length > size - off:
-            raise ProtocolError(f"netlink message length {length} at offset {off} does not fit "
-                                f"the {size - off} bytes left")
-        msg = Message.__new__(Message)
-        msg.buf = buf
-        msg.start = off + NLMSG_HDRLEN
-        msg.end = off + length
-        msg.type = rd16(p + off + 4)
-        msg.flags = rd16(p + off + 6)
-        msg.seq = rd32(p + off + 8)
-        msg.pid = rd32(p + off + 12)
-        msgs.append(msg)
+    while lw_next_msg(p, &off, n, &length):
+        msgs.append(lw_message(buf, p, off, length))
         off += nl_align(length)
     return msgs
+
+
+# A Message for the message at off (length bytes, header checked) of owner,
+# or, with no owner, of a copy of p[off:off+length].
+cdef Message lw_message(bytes owner, const unsigned char *p, Py_ssize_t off,
+                        Py_ssize_t length):
+    if owner is None:
+        owner = PyBytes_FromStringAndSize(<const char *>p + off, length)
+        off = 0
+    p = <const unsigned char *>PyBytes_AS_STRING(owner)
+    cdef Message msg = Message.__new__(Message)
+    msg.buf = owner
+    msg.start = off + NLMSG_HDRLEN
+    msg.end = off + length
+    msg.type = rd16(p + off + 4)
+    msg.flags = rd16(p + off + 6)
+    msg.seq = rd32(p + off + 8)
+    msg.pid = rd32(p + off + 12)
+    return msg
+
+
+# Walk the datagram p[0:n], appending to out every message (decode false) or
+# the record of every rtnetlink message (decode true; other types are
+# skipped). owner is the datagram's bytes, or None when p is a reused buffer.
+# With seq >= 0 only messages with that sequence number and port id count.
+# Returns (status, error): status has LW_DUMP_* bits; error is the Message of
+# an NLMSG_ERROR, or of an NLMSG_DONE that carries an error, which ends the walk.
+cdef tuple lw_walk(const unsigned char *p, Py_ssize_t n, bytes owner, long long seq,
+                   unsigned int pid, bint decode, list out):
+    cdef Py_ssize_t off = 0, length
+    cdef int status = 0, mtype, mflags
+    cdef object record
+    while lw_next_msg(p, &off, n, &length):
+        if seq >= 0 and (rd32(p + off + 8) != seq or rd32(p + off + 12) != pid):
+            off += nl_align(length)
+            continue            # not this dump's: a leftover of something earlier
+        mtype = rd16(p + off + 4)
+        mflags = rd16(p + off + 6)
+        if mflags & NLM_F_DUMP_INTR_:
+            status |= LW_DUMP_INTR
+        if mflags & NLM_F_DUMP_FILTERED_:
+            status |= LW_DUMP_FILTERED
+        if mtype == NLMSG_DONE_:
+            status |= LW_DUMP_DONE
+            if length >= NLMSG_HDRLEN + 4 and <int32_t>rd32(p + off + NLMSG_HDRLEN) < 0:
+                return status, lw_message(owner, p, off, length)
+            return status, None
+        if mtype == NLMSG_ERROR_:
+            return status | LW_DUMP_DONE, lw_message(owner, p, off, length)
+        if not decode:
+            out.append(lw_message(owner, p, off, length))
+        elif mtype != NLMSG_NOOP_:
+            record = lw_decode_record(mtype, p, off + NLMSG_HDRLEN, off + length)
+            if record is not None:
+                out.append(record)
+        off += nl_align(length)
+    return status, None
 
 
 @cython.final
@@ -299,6 +403,12 @@ cdef class Message:
             raise ProtocolError(f"family header of {hdrlen} bytes does not fit a "
                                 f"{self.end - self.start}-byte payload")
         return _attrs(self.buf, self.start + nl_align(hdrlen), self.end)
+
+    def record(self):
+        """The rtnetlink record (Link, Address, RouteEntry, Neighbour) this
+        message carries, or None for another type; ProtocolError if malformed."""
+        return lw_decode_record(self.type, <const unsigned char *>PyBytes_AS_STRING(self.buf),
+                                self.start, self.end)
 
 
 # The attributes of buf[start:end], checked and indexed.

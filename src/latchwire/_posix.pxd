@@ -16,3 +16,9 @@ cdef extern from "<time.h>" nogil:
 
 cdef extern from "<fcntl.h>" nogil:
     enum: O_NOFOLLOW
+
+cdef extern from "<arpa/inet.h>" nogil:
+    const char *inet_ntop(int af, const void *src, char *dst, unsigned int size)
+
+cdef extern from "<string.h>" nogil:
+    size_t strnlen(const char *s, size_t maxlen)

@@ -24,12 +24,12 @@ import os
 import struct
 import threading
 import time
-from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Any, Generic, Literal, TypeVar, overload
 
-from latchwire._core import Attrs, Message, _Channel, parse
+from latchwire._core import Address, Attrs, Link, Message, Neighbour, RouteEntry, _Channel, parse
 from latchwire.errors import DumpInterrupted, NetlinkError, Overrun, ProtocolError
 
 __all__ = [
@@ -65,11 +65,22 @@ NLM_F_ACK_TLVS = 0x200  # on an error: extended-ACK attributes follow
 NLMSGERR_ATTR_MSG = 1
 NLMSGERR_ATTR_OFFS = 2
 
+# What _Channel.recv_into says of a datagram of a dump.
+_DUMP_DONE = 1
+_DUMP_INTR = 2
+_DUMP_FILTERED = 4
+
+Record = Link | Address | RouteEntry | Neighbour
+"""An rtnetlink record, as the compiled decoder makes them."""
+T = TypeVar("T", Message, Record)
+
 # rtnetlink message types and groups (linux/rtnetlink.h) used across the package.
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
 RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
 RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
+RTM_NEWNEIGH, RTM_DELNEIGH, RTM_GETNEIGH = 28, 29, 30
 RTNLGRP_LINK = 1
+RTNLGRP_NEIGH = 3
 RTNLGRP_IPV4_IFADDR = 5
 RTNLGRP_IPV4_ROUTE = 7
 RTNLGRP_IPV6_IFADDR = 9
@@ -210,7 +221,7 @@ class Socket:
         self._strict = strict
         self.groups: set[int] = set()
         self._seqs = itertools.count(1)
-        self._dump: Dump | None = None  # the dump reading self._chan, if any
+        self._dump: Dump[Any] | None = None  # the dump reading self._chan, if any
         self._chan: _Channel | None = None
         self._tx: _Channel | None = None  # transactions' own channel, once groups are joined
         self._closed = False
@@ -290,16 +301,34 @@ class Socket:
         chan.send(_frame(request, seq, chan.pid, flags))
         return seq
 
-    def recv(self, timeout: float | None = None) -> list[Message]:
+    @overload
+    def recv(self, timeout: float | None = None, decode: Literal[False] = False
+             ) -> list[Message]: ...
+    @overload
+    def recv(self, timeout: float | None = None, *, decode: Literal[True]) -> list[Record]: ...
+    def recv(self, timeout: float | None = None, decode: bool = False
+             ) -> list[Message] | list[Record]:
         """The messages of the next datagram: notifications, or answers to send().
 
+        With decode, the rtnetlink records the datagram carries instead (other
+        message types skipped; an error the kernel answered is raised).
         TimeoutError if none comes within timeout (0: do not wait); Overrun
         if the kernel dropped notifications (the socket stays usable).
         """
-        buf = self._own().recv(timeout)
-        if buf is None:
+        chan = self._own()
+        if not decode:
+            buf = chan.recv(timeout)
+            if buf is None:
+                raise TimeoutError("no netlink message within the timeout")
+            return parse(buf)
+        records: list[Record] = []
+        answer = chan.recv_into(records, timeout, None, True)
+        if answer is None:
             raise TimeoutError("no netlink message within the timeout")
-        return parse(buf)
+        error = None if answer[1] is None else error_of(answer[1])
+        if error is not None:
+            raise error
+        return records
 
     def drain(self) -> None:
         """Discard every notification queued for the socket."""
@@ -370,9 +399,16 @@ class Socket:
                     replies[msg.seq] = msg
         return [answers[seq] for seq in seqs]
 
-    def dump(self, request: Request | bytes, retries: int = 0,
-             timeout: float | None = None) -> Dump:
-        """Dump: an iterator of the kernel's messages for request (NLM_F_DUMP added).
+    @overload
+    def dump(self, request: Request | bytes, retries: int = 0, timeout: float | None = None,
+             decode: Literal[False] = False) -> Dump[Message]: ...
+    @overload
+    def dump(self, request: Request | bytes, retries: int = 0, timeout: float | None = None,
+             *, decode: Literal[True]) -> Dump[Record]: ...
+    def dump(self, request: Request | bytes, retries: int = 0, timeout: float | None = None,
+             decode: bool = False) -> Dump[Message] | Dump[Record]:
+        """Dump: an iterator of the kernel's messages for request (NLM_F_DUMP added),
+        or, with decode, of the rtnetlink records the compiled decoder makes of them.
 
         ``timeout`` bounds each wait for the kernel's next datagram (TimeoutError).
 
@@ -385,33 +421,39 @@ class Socket:
         if self.groups or running:
             if self._closed:
                 raise ValueError("netlink socket is closed")
-            dump = Dump(self, self._new_channel(joined=False), request, retries, timeout,
-                        owned=True)
+            dump: Dump[Message] | Dump[Record] = Dump(
+                self, self._new_channel(joined=False), request, retries, timeout, owned=True,
+                decode=decode)
         else:
-            dump = Dump(self, self._own(), request, retries, timeout, owned=False)
+            dump = Dump(self, self._own(), request, retries, timeout, owned=False, decode=decode)
             self._dump = dump
         return dump
 
 
-class Dump:
-    """The messages of one dump, as an iterator; ``close()`` abandons it.
+class Dump(Generic[T]):
+    """The messages (or decoded records) of one dump, as an iterator; ``close()``
+    abandons it, ``all()`` reads the rest at once.
 
     It reads either the socket's own channel (until the socket needs it back,
     see Socket) or a channel of its own, which it closes when done. An
     abandoned dump leaves nothing behind: its channel is closed, leftovers and
-    all.
+    all. The compiled core keeps only this dump's messages (its sequence
+    number and port id) and decodes them in the same pass.
     """
 
     def __init__(self, socket: Socket, chan: _Channel, request: Request | bytes,
-                 retries: int, timeout: float | None, owned: bool) -> None:
+                 retries: int, timeout: float | None, owned: bool, decode: bool = False) -> None:
         self._socket = socket
         self._chan: _Channel | None = chan
         self._owned = owned
         self._request = request
         self._retries = retries
         self._timeout = timeout
-        self._pending: deque[Message] = deque()
+        self._decode = decode
+        self._pending: list[T] = []
+        self._pos = 0  # _pending[:_pos] were yielded
         self.finished = False
+        self.filtered = False  # the kernel applied the request's filter (NLM_F_DUMP_FILTERED)
         self._start()
         if retries > 0:
             self._read_whole()
@@ -430,46 +472,56 @@ class Dump:
         """The socket lets this dump keep the channel it reads: close it when done."""
         self._owned = True
 
-    def __iter__(self) -> Iterator[Message]:
+    def __iter__(self) -> Iterator[T]:
         return self
 
-    def __next__(self) -> Message:
-        while not self._pending:
-            if self._done or self.finished:
-                self._finish()
-                raise StopIteration
+    def __next__(self) -> T:
+        if self._pos == len(self._pending):
+            self._pending.clear()
+            self._pos = 0
+            while not self._pending:
+                if self._done or self.finished:
+                    self._finish()
+                    raise StopIteration
+                self._fill()
+        item = self._pending[self._pos]
+        self._pos += 1
+        return item
+
+    def all(self) -> list[T]:
+        """Everything the dump has not yielded yet, read to its end; the dump is
+        then finished."""
+        while not self._done and not self.finished:
             self._fill()
-        return self._pending.popleft()
+        rest = self._pending[self._pos:] if self._pos else self._pending
+        self._pending = []
+        self._pos = 0
+        self._finish()
+        return rest
 
     def _fill(self) -> None:
-        """Read the next datagram of the dump into _pending."""
+        """Read the next datagram of the dump into _pending (the core keeps this
+        dump's messages only, and stops at its end or at an error)."""
         assert self._chan is not None
-        buf = self._chan.recv(self._timeout)
-        if buf is None:
+        answer = self._chan.recv_into(self._pending, self._timeout, self._seq, self._decode)
+        if answer is None:
             raise TimeoutError("no dump message within the timeout")
-        for msg in parse(buf):
-            if msg.seq != self._seq or msg.pid != self._chan.pid:
-                continue  # not this dump's: a leftover of something earlier
-            if msg.flags & NLM_F_DUMP_INTR:
-                self._interrupted = True
-            if msg.type == NLMSG_DONE:
-                self._done = True
-                error = error_of(msg)
-                if error is not None:
-                    self._finish()
-                    raise error
-                break
-            if msg.type == NLMSG_ERROR:
+        status, error_msg = answer
+        if status & _DUMP_INTR:
+            self._interrupted = True
+        if status & _DUMP_FILTERED:
+            self.filtered = True
+        if status & _DUMP_DONE:
+            self._done = True
+            if error_msg is not None:
                 self._finish()
-                error = error_of(msg)
+                error = error_of(error_msg)
                 raise error if error is not None else ProtocolError("an ACK inside a dump")
-            self._pending.append(msg)
         if self._done and self._interrupted and self._retries == 0:
             self._done_interrupted()
 
     def _done_interrupted(self) -> None:
         """A streamed dump ended inconsistent: what was yielded may be stale."""
-        self._pending.clear()
         self._finish()
         raise DumpInterrupted(errno.EINTR,
                               "the dump changed while it ran (NLM_F_DUMP_INTR): dump again")
@@ -487,6 +539,9 @@ class Dump:
         self._done_interrupted()
 
     def _finish(self) -> None:
+        """End the dump: nothing more is yielded; an owned channel is closed."""
+        self._pending = []
+        self._pos = 0
         if self.finished:
             return
         self.finished = True
@@ -500,10 +555,9 @@ class Dump:
             self._socket._dump = None
             self._socket._chan = None  # the socket opens a fresh channel when next used
             self._owned = True
-        self._pending.clear()
         self._finish()
 
-    def __enter__(self) -> Dump:
+    def __enter__(self) -> Dump[T]:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,

@@ -1,0 +1,486 @@
+"""rtnetlink: links, addresses, routes and neighbours, decoded fast; changes; events.
+
+``Route`` (pyroute2's IPRoute, Open vSwitch's rtnetlink users) talks to the
+kernel's routing netlink in one network namespace. Its dumps are decoded by
+the compiled core in one pass over each received datagram into light records
+(``Link``, ``Address``, ``RouteEntry``, ``Neighbour``) that turn a field into a
+Python object only when it is read. Changes are transactions answered with an
+ACK or a ``NetlinkError`` carrying the kernel's extended-ACK text. ``events()``
+(and ``events_async()``) yield the records of change notifications; after an
+``Overrun`` they can resync by dumping again and yielding the differences.
+
+A ``Route`` belongs to one thread at a time, like the ``netlink.Socket`` under it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+import socket
+import struct
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+
+from latchwire import netlink
+from latchwire._core import Address, Link, Neighbour, NextHop, RouteEntry, decode
+from latchwire.errors import NetlinkError, Overrun
+from latchwire.netlink import (
+    NLM_F_CREATE,
+    NLM_F_EXCL,
+    NLM_F_REPLACE,
+    RTM_DELADDR,
+    RTM_DELLINK,
+    RTM_DELROUTE,
+    RTM_GETADDR,
+    RTM_GETLINK,
+    RTM_GETNEIGH,
+    RTM_GETROUTE,
+    RTM_NEWADDR,
+    RTM_NEWLINK,
+    RTM_NEWROUTE,
+    Record,
+    Request,
+    attr,
+    nested,
+    string,
+    u32,
+)
+
+__all__ = [
+    "Address", "Event", "Link", "Neighbour", "NextHop", "Record", "Resync", "Route",
+    "RouteEntry", "decode",
+]
+
+AF_INET = socket.AF_INET
+AF_INET6 = socket.AF_INET6
+
+RT_TABLE_MAIN = 254
+RT_TABLE_LOCAL = 255
+RTPROT_KERNEL = 2
+RTPROT_BOOT = 3
+RTPROT_STATIC = 4
+RT_SCOPE_UNIVERSE = 0
+RT_SCOPE_LINK = 253
+RT_SCOPE_HOST = 254
+RT_SCOPE_NOWHERE = 255
+RTN_UNICAST = 1
+RTN_LOCAL = 2
+IFF_UP = 0x1
+
+IFLA_ADDRESS = 1
+IFLA_IFNAME = 3
+IFLA_MTU = 4
+IFLA_MASTER = 10
+IFLA_TXQLEN = 13
+IFLA_LINKINFO = 18
+IFLA_NET_NS_FD = 28
+IFLA_INFO_KIND = 1
+IFLA_INFO_DATA = 2
+VETH_INFO_PEER = 1
+IFA_ADDRESS = 1
+IFA_LOCAL = 2
+IFA_LABEL = 3
+IFA_BROADCAST = 4
+RTA_DST = 1
+RTA_OIF = 4
+RTA_GATEWAY = 5
+RTA_PRIORITY = 6
+RTA_PREFSRC = 7
+RTA_MULTIPATH = 9
+RTA_TABLE = 15
+
+_IFINFOMSG = struct.Struct("=BxHiII")  # family, type, index, flags, change
+_IFADDRMSG = struct.Struct("=BBBBI")  # family, prefixlen, flags, scope, index
+_RTMSG = struct.Struct("=BBBBBBBBI")  # family, dst_len, src_len, tos, table, protocol, scope,
+#                                       type, flags
+_NDMSG = struct.Struct("=BxxxiHBB")  # family, index, state, flags, type
+_RTNEXTHOP = struct.Struct("=HBBi")  # len, flags, hops (weight - 1), ifindex
+
+# Multicast groups by the names events() takes (linux/rtnetlink.h).
+GROUPS = {
+    "link": netlink.RTNLGRP_LINK,
+    "neigh": netlink.RTNLGRP_NEIGH,
+    "ipv4_addr": netlink.RTNLGRP_IPV4_IFADDR,
+    "ipv4_route": netlink.RTNLGRP_IPV4_ROUTE,
+    "ipv6_addr": netlink.RTNLGRP_IPV6_IFADDR,
+    "ipv6_route": netlink.RTNLGRP_IPV6_ROUTE,
+}
+DEFAULT_GROUPS = ("link", "ipv4_addr", "ipv6_addr", "ipv4_route", "ipv6_route")
+_RETRIES = 5  # a decoded dump is repeated this often while the kernel flags it inconsistent
+
+
+@dataclass(frozen=True)
+class Resync:
+    """In an event stream: notifications were lost (Overrun), the tables were
+    dumped again, and the events that follow (``added + changed + removed`` of
+    them) are the differences against what the stream had seen."""
+
+    added: int
+    changed: int
+    removed: int
+
+
+Event = Link | Address | RouteEntry | Neighbour | Resync
+"""What events() yields: a record (``.deleted`` for a removal) or a Resync marker."""
+
+LinkRef = int | str
+"""A link by index or by name."""
+
+
+def _family_of(family: int | None) -> Sequence[int]:
+    if family is None:
+        return (AF_INET, AF_INET6)
+    if family not in (AF_INET, AF_INET6):
+        raise ValueError(f"family must be AF_INET, AF_INET6 or None, not {family}")
+    return (family,)
+
+
+class Route:
+    """rtnetlink in one network namespace: dumps, changes and events.
+
+    ``netns`` is a namespace name under /run/netns, a namespace descriptor, or
+    None for the caller's. Dumps retry while the kernel flags them
+    inconsistent (``DumpInterrupted`` after 5 tries); changes raise
+    ``NetlinkError`` with the kernel's errno and extended-ACK text. Every
+    blocking call takes ``timeout`` (TimeoutError).
+    """
+
+    def __init__(self, netns: str | int | None = None, rcvbuf: int | None = None,
+                 timeout: float | None = 10.0) -> None:
+        self.netns = netns
+        self.timeout = timeout
+        self._rcvbuf = rcvbuf
+        self._sock = netlink.Socket(netlink.NETLINK_ROUTE, netns=netns, rcvbuf=rcvbuf,
+                                    strict=True)
+
+    def __enter__(self) -> Route:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._sock.close()
+
+    # -- dumps ---------------------------------------------------------------
+
+    def _dump(self, request: Request) -> tuple[list[Record], bool]:
+        """The records of a dump read whole, and whether the kernel filtered it."""
+        dump = self._sock.dump(request, retries=_RETRIES, timeout=self.timeout, decode=True)
+        return dump.all(), dump.filtered
+
+    def links(self) -> list[Link]:
+        """Every link."""
+        records, _ = self._dump(Request(RTM_GETLINK, header=_IFINFOMSG.pack(0, 0, 0, 0, 0)))
+        return [r for r in records if isinstance(r, Link)]
+
+    def link(self, link: LinkRef) -> Link:
+        """One link by index or name; NetlinkError ENODEV if there is none."""
+        index, name = (link, b"") if isinstance(link, int) else (0, attr(IFLA_IFNAME,
+                                                                          string(link)))
+        reply = self._sock.transact(
+            Request(RTM_GETLINK, header=_IFINFOMSG.pack(0, 0, index, 0, 0), attrs=name),
+            self.timeout)
+        record = None if reply is None else reply.record()
+        if not isinstance(record, Link):
+            raise NetlinkError(errno.ENODEV, f"no link {link!r}")
+        return record
+
+    def index(self, link: LinkRef) -> int:
+        """The index of a link given by index or name."""
+        return link if isinstance(link, int) else self.link(link).index
+
+    def addresses(self, family: int | None = None) -> list[Address]:
+        """Every address of family (AF_INET, AF_INET6, or None for both)."""
+        out: list[Address] = []
+        for fam in _family_of(family):
+            records, _ = self._dump(Request(RTM_GETADDR, header=_IFADDRMSG.pack(fam, 0, 0, 0, 0)))
+            out.extend(r for r in records if isinstance(r, Address))
+        return out
+
+    def routes(self, family: int | None = AF_INET, table: int | str | None = None
+               ) -> list[RouteEntry]:
+        """The routes of family (AF_INET, AF_INET6, or None for both) in table:
+        None for the main table (as ``ip route``), a table number, or "all"."""
+        if table == "all":
+            table_id = 0
+        elif table is None:
+            table_id = RT_TABLE_MAIN
+        elif isinstance(table, int) and 0 < table < 2**32:
+            table_id = table
+        else:
+            raise ValueError(f"table must be None, 'all' or a table number, not {table!r}")
+        out: list[RouteEntry] = []
+        for fam in _family_of(family):
+            header = _RTMSG.pack(fam, 0, 0, 0, table_id if table_id < 256 else 0, 0, 0, 0, 0)
+            attrs = attr(RTA_TABLE, u32(table_id)) if table_id else b""
+            records, filtered = self._dump(Request(RTM_GETROUTE, header=header, attrs=attrs))
+            if table_id and not filtered:  # a kernel that does not filter dumps by table
+                out.extend(r for r in records
+                           if isinstance(r, RouteEntry) and r.table == table_id)
+            else:
+                out.extend(r for r in records if isinstance(r, RouteEntry))
+        return out
+
+    def neighbours(self, family: int | None = None) -> list[Neighbour]:
+        """Every neighbour (ARP and NDP) entry of family (None for both)."""
+        out: list[Neighbour] = []
+        for fam in _family_of(family):
+            records, _ = self._dump(Request(RTM_GETNEIGH, header=_NDMSG.pack(fam, 0, 0, 0, 0)))
+            out.extend(r for r in records if isinstance(r, Neighbour))
+        return out
+
+    # -- changes -------------------------------------------------------------
+
+    def _change(self, request: Request) -> None:
+        self._sock.transact(request, self.timeout)
+
+    def add_address(self, link: LinkRef, address: str, broadcast: str | bool | None = None,
+                    label: str | None = None, scope: int = RT_SCOPE_UNIVERSE) -> None:
+        """Add address ("10.0.0.1/24", "2001:db8::1/64") to link. broadcast=True
+        sets the IPv4 broadcast address from the prefix (``ip addr ... brd +``)."""
+        iface = ipaddress.ip_interface(address)
+        family = AF_INET if iface.version == 4 else AF_INET6
+        attrs = attr(IFA_LOCAL, iface.ip.packed) + attr(IFA_ADDRESS, iface.ip.packed)
+        if broadcast is True:
+            broadcast = str(iface.network.broadcast_address)
+        if broadcast:
+            attrs += attr(IFA_BROADCAST, ipaddress.ip_address(broadcast).packed)
+        if label is not None:
+            attrs += attr(IFA_LABEL, string(label))
+        header = _IFADDRMSG.pack(family, iface.network.prefixlen, 0, scope, self.index(link))
+        self._change(Request(RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, header, attrs))
+
+    def del_address(self, link: LinkRef, address: str) -> None:
+        """Remove address ("10.0.0.1/24") from link."""
+        iface = ipaddress.ip_interface(address)
+        family = AF_INET if iface.version == 4 else AF_INET6
+        header = _IFADDRMSG.pack(family, iface.network.prefixlen, 0, 0, self.index(link))
+        self._change(Request(RTM_DELADDR, 0, header, attr(IFA_LOCAL, iface.ip.packed)))
+
+    def _route_request(self, dst: str, gateway: str | None, link: LinkRef | None,
+                       table: int | None, metric: int | None) -> tuple[int, int, int, bytes]:
+        """(family, dst_len, table, attributes) shared by add_route and del_route."""
+        net = ipaddress.ip_network("0.0.0.0/0" if dst == "default" else dst)
+        table_id = RT_TABLE_MAIN if table is None else table
+        attrs = attr(RTA_TABLE, u32(table_id))
+        if net.prefixlen:
+            attrs += attr(RTA_DST, net.network_address.packed)
+        if gateway is not None:
+            attrs += attr(RTA_GATEWAY, ipaddress.ip_address(gateway).packed)
+        if link is not None:
+            attrs += attr(RTA_OIF, u32(self.index(link)))
+        if metric is not None:
+            attrs += attr(RTA_PRIORITY, u32(metric))
+        family = AF_INET if net.version == 4 else AF_INET6
+        return family, net.prefixlen, table_id, attrs
+
+    def add_route(self, dst: str, gateway: str | None = None, link: LinkRef | None = None,
+                  table: int | None = None, metric: int | None = None,
+                  protocol: int = RTPROT_STATIC, scope: int | None = None,
+                  type: int = RTN_UNICAST, prefsrc: str | None = None,
+                  nexthops: Iterable[tuple[str, LinkRef, int]] = (),
+                  replace: bool = False) -> None:
+        """Add a route to dst ("10.1.0.0/16" or "default") via gateway and/or
+        link, in table (main by default). nexthops gives a multipath route as
+        (gateway, link, weight) triples. replace=True replaces an existing route
+        (``ip route replace``) instead of failing with EEXIST."""
+        family, dst_len, table_id, attrs = self._route_request(dst, gateway, link, table,
+                                                               metric)
+        if prefsrc is not None:
+            attrs += attr(RTA_PREFSRC, ipaddress.ip_address(prefsrc).packed)
+        hops = b""
+        for hop_gateway, hop_link, weight in nexthops:
+            hop_attrs = attr(RTA_GATEWAY, ipaddress.ip_address(hop_gateway).packed)
+            hops += _RTNEXTHOP.pack(_RTNEXTHOP.size + len(hop_attrs), 0, weight - 1,
+                                    self.index(hop_link)) + hop_attrs
+        if hops:
+            attrs += attr(RTA_MULTIPATH, hops)
+        if scope is None:  # as ip: a route without a gateway is on the link
+            direct = gateway is None and not hops and type == RTN_UNICAST
+            scope = RT_SCOPE_HOST if type == RTN_LOCAL else (
+                RT_SCOPE_LINK if direct and family == AF_INET else RT_SCOPE_UNIVERSE)
+        header = _RTMSG.pack(family, dst_len, 0, 0, table_id if table_id < 256 else 0,
+                             protocol, scope, type, 0)
+        flags = NLM_F_CREATE | (NLM_F_REPLACE if replace else NLM_F_EXCL)
+        self._change(Request(RTM_NEWROUTE, flags, header, attrs))
+
+    def del_route(self, dst: str, gateway: str | None = None, link: LinkRef | None = None,
+                  table: int | None = None, metric: int | None = None) -> None:
+        """Remove the route to dst from table (main by default); gateway, link
+        and metric narrow the match when several routes have that prefix."""
+        family, dst_len, table_id, attrs = self._route_request(dst, gateway, link, table,
+                                                               metric)
+        header = _RTMSG.pack(family, dst_len, 0, 0, table_id if table_id < 256 else 0, 0,
+                             RT_SCOPE_NOWHERE, 0, 0)
+        self._change(Request(RTM_DELROUTE, 0, header, attrs))
+
+    def set_link(self, link: LinkRef, up: bool | None = None, mtu: int | None = None,
+                 name: str | None = None, mac: str | None = None,
+                 master: LinkRef | None = None, txqlen: int | None = None) -> None:
+        """Change a link: administratively up or down, MTU, name, MAC address,
+        master (a bridge; 0 detaches it), transmit queue length."""
+        flags = change = 0
+        if up is not None:
+            flags, change = (IFF_UP if up else 0), IFF_UP
+        attrs = b""
+        if mtu is not None:
+            attrs += attr(IFLA_MTU, u32(mtu))
+        if name is not None:
+            attrs += attr(IFLA_IFNAME, string(name))
+        if mac is not None:
+            attrs += attr(IFLA_ADDRESS, bytes.fromhex(mac.replace(":", "")))
+        if master is not None:
+            attrs += attr(IFLA_MASTER, u32(0 if master == 0 else self.index(master)))
+        if txqlen is not None:
+            attrs += attr(IFLA_TXQLEN, u32(txqlen))
+        header = _IFINFOMSG.pack(0, 0, self.index(link), flags, change)
+        self._change(Request(RTM_NEWLINK, 0, header, attrs))
+
+    def _add_link(self, name: str, kind: str, data: bytes = b"") -> None:
+        info = attr(IFLA_INFO_KIND, string(kind))
+        if data:
+            info += nested(IFLA_INFO_DATA, [data])
+        attrs = attr(IFLA_IFNAME, string(name)) + nested(IFLA_LINKINFO, [info])
+        self._change(Request(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL,
+                             _IFINFOMSG.pack(0, 0, 0, 0, 0), attrs))
+
+    def add_veth(self, name: str, peer: str, peer_netns: int | None = None) -> None:
+        """Create a veth pair name <-> peer; peer_netns (a namespace descriptor)
+        puts the peer in another namespace."""
+        peer_attrs = attr(IFLA_IFNAME, string(peer))
+        if peer_netns is not None:
+            peer_attrs += attr(IFLA_NET_NS_FD, u32(peer_netns))
+        self._add_link(name, "veth", attr(VETH_INFO_PEER, _IFINFOMSG.pack(0, 0, 0, 0, 0)
+                                          + peer_attrs))
+
+    def add_bridge(self, name: str) -> None:
+        """Create a bridge."""
+        self._add_link(name, "bridge")
+
+    def del_link(self, link: LinkRef) -> None:
+        """Delete a link (a veth pair goes with either end)."""
+        self._change(Request(RTM_DELLINK, 0, _IFINFOMSG.pack(0, 0, self.index(link), 0, 0)))
+
+    # -- events --------------------------------------------------------------
+
+    def events(self, groups: Iterable[str] = DEFAULT_GROUPS, resync: bool = True,
+               timeout: float | None = None) -> Iterator[Event]:
+        """The records of change notifications, as they come; deletions have
+        ``deleted`` set. TimeoutError if none comes within timeout.
+
+        The groups are joined before this returns, so no change made after the
+        call is missed. With resync, an Overrun (notifications lost) makes the
+        stream dump the tables again and yield a Resync marker, then the
+        differences against what it had seen: removed records (as deletions),
+        new and changed ones. Without it, Overrun is raised. The stream's
+        socket closes with the iterator.
+        """
+        return _EventStream(self, groups, resync).run(timeout)
+
+    def events_async(self, groups: Iterable[str] = DEFAULT_GROUPS, resync: bool = True
+                     ) -> AsyncIterator[Event]:
+        """events() for asyncio: waits through the running loop's reader
+        callbacks (no thread). A resync's dump runs in the loop; it is short
+        (about 70 ms for 100,000 routes)."""
+        return _EventStream(self, groups, resync).run_async()
+
+
+class _EventStream:
+    """A socket joined to rtnetlink groups, and, for resyncs, the table of
+    records it has seen, keyed by (record class, record key)."""
+
+    def __init__(self, route: Route, groups: Iterable[str], resync: bool) -> None:
+        names = list(groups)
+        unknown = [g for g in names if g not in GROUPS]
+        if unknown:
+            raise ValueError(f"unknown rtnetlink groups {unknown}; known: {sorted(GROUPS)}")
+        self._route = route
+        self._names = names
+        self._sock = netlink.Socket(netlink.NETLINK_ROUTE, netns=route.netns,
+                                    rcvbuf=route._rcvbuf, strict=True)
+        self._seen: dict[tuple[type, object], Record] | None = None
+        try:
+            for name in names:
+                self._sock.join_group(GROUPS[name])
+            if resync:  # joined first: a change during this dump still arrives
+                self._seen = self._snapshot()
+        except BaseException:
+            self._sock.close()
+            raise
+
+    def run(self, timeout: float | None) -> Iterator[Event]:
+        """The events, batch by batch; the socket closes with the iterator."""
+        try:
+            while True:
+                yield from self.next_batch(timeout)
+        finally:
+            self._sock.close()
+
+    async def run_async(self) -> AsyncIterator[Event]:
+        """run() for asyncio, woken by the loop's reader callback."""
+        loop = asyncio.get_running_loop()
+        readable = asyncio.Event()
+        fd = self._sock.fileno()
+        loop.add_reader(fd, readable.set)
+        try:
+            while True:
+                try:
+                    batch = self.next_batch(0)
+                except TimeoutError:
+                    readable.clear()
+                    await readable.wait()  # level-triggered: set again while data waits
+                    continue
+                for event in batch:
+                    yield event
+        finally:
+            loop.remove_reader(fd)
+            self._sock.close()
+
+    def _snapshot(self) -> dict[tuple[type, object], Record]:
+        """What the kernel has now, in the groups this stream watches."""
+        records: list[Record] = []
+        route = self._route
+        if "link" in self._names:
+            records += route.links()
+        if "neigh" in self._names:
+            records += route.neighbours()
+        for family, addr_group, route_group in ((AF_INET, "ipv4_addr", "ipv4_route"),
+                                                (AF_INET6, "ipv6_addr", "ipv6_route")):
+            if addr_group in self._names:
+                records += route.addresses(family)
+            if route_group in self._names:
+                records += route.routes(family, table="all")
+        return {(type(r), r.key): r for r in records}
+
+    def next_batch(self, timeout: float | None) -> list[Event]:
+        """The events of the next datagram (TimeoutError if none), or, after an
+        Overrun, a Resync and the differences."""
+        try:
+            records = self._sock.recv(timeout, decode=True)
+        except Overrun:
+            if self._seen is None:
+                raise
+            return self._resync()
+        if self._seen is not None:
+            for record in records:
+                key = (type(record), record.key)
+                if record.deleted:
+                    self._seen.pop(key, None)
+                else:
+                    self._seen[key] = record
+        return list(records)
+
+    def _resync(self) -> list[Event]:
+        assert self._seen is not None
+        self._sock.drain()  # what is still queued is older than the dump below
+        fresh = self._snapshot()
+        removed = [old.as_deleted() for key, old in self._seen.items() if key not in fresh]
+        added = [new for key, new in fresh.items() if key not in self._seen]
+        changed = [new for key, new in fresh.items()
+                   if key in self._seen and self._seen[key] != new]
+        self._seen = fresh
+        return [Resync(len(added), len(changed), len(removed)), *removed, *added, *changed]
