@@ -2,6 +2,8 @@
 
     latchwire lock [--shared] [--timeout S | --nonblock] [--file] PATH -- COMMAND [ARG...]
     latchwire locks [--json] PATH|DIR
+    latchwire ip links|addrs|routes|neigh [-4|-6] [--table N|all] [--json] [--netns NAME]
+    latchwire monitor [--netns NAME] [--json] [link|addr|route|neigh ...]
 
 ``lock`` takes the same lock as ``FileLock(PATH)`` in a program (``.NAME.~lock~``
 beside PATH; ``--file`` locks PATH itself), runs COMMAND holding it, and exits
@@ -12,6 +14,14 @@ inherited: COMMAND cannot release it, and it goes when this process ends.
 
 ``locks`` lists the processes holding locks on PATH (and on PATH's lock file),
 or on every file in DIR; it exits 1 when there are none.
+
+``ip`` shows what ``ip link/addr/route/neigh show`` shows, read through
+latchwire's rtnetlink decoder; with ``--json`` in ``ip -j``'s format (same keys
+and value formats), so scripts can switch. Routes are IPv4 of the main table
+unless ``-6`` says otherwise (``--table all``: both families, as ip).
+``monitor`` prints changes as they happen (one JSON object a line with ``--json``; deletions carry
+``"deleted": true``), and after lost notifications a resync line and the
+differences. Errors print one line and exit 1.
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
+from latchwire import ipjson, rtnl
 from latchwire.errors import LockBusy, LockTimeout
 from latchwire.locking import FileLock, Holder, file_holders
 
@@ -52,6 +63,24 @@ def _parser() -> argparse.ArgumentParser:
     locks = sub.add_parser("locks", help="list the holders of a lock file, or of a directory's")
     locks.add_argument("--json", action="store_true", help="one JSON array")
     locks.add_argument("path", metavar="PATH|DIR")
+
+    ip = sub.add_parser("ip", help="show links, addresses, routes or neighbours, as ip does")
+    ip.add_argument("object", choices=sorted(_IP_OBJECTS), metavar="links|addrs|routes|neigh")
+    family = ip.add_mutually_exclusive_group()
+    family.add_argument("-4", dest="family", action="store_const", const=rtnl.AF_INET,
+                        help="IPv4 only")
+    family.add_argument("-6", dest="family", action="store_const", const=rtnl.AF_INET6,
+                        help="IPv6 only")
+    ip.add_argument("--table", metavar="N|all", help="routes of table N, or of every table")
+    ip.add_argument("--json", "-j", action="store_true", help="ip -j's JSON")
+    ip.add_argument("--netns", "-n", metavar="NAME", help="a namespace under /run/netns")
+
+    monitor = sub.add_parser("monitor", help="print rtnetlink changes as they happen")
+    monitor.add_argument("objects", nargs="*", choices=sorted(_MONITOR_GROUPS),
+                         metavar="link|addr|route|neigh", help="what to watch (default: "
+                         "link addr route)")
+    monitor.add_argument("--json", "-j", action="store_true", help="one JSON object a line")
+    monitor.add_argument("--netns", "-n", metavar="NAME", help="a namespace under /run/netns")
     return parser
 
 
@@ -59,7 +88,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "lock":
         return _lock(args)
-    return _locks(args)
+    if args.command == "locks":
+        return _locks(args)
+    try:
+        return _ip(args) if args.command == "ip" else _monitor(args)
+    except (OSError, ValueError) as exc:
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        return 130
 
 
 def _fail(what: str) -> int:
@@ -129,3 +165,101 @@ def _locks(args: argparse.Namespace) -> int:
 def _printable(text: str) -> str:
     """text with control characters escaped, so that a holder stays on one line."""
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
+_IP_OBJECTS = {"links": "link", "link": "link", "addrs": "addr", "addr": "addr",
+               "routes": "route", "route": "route", "neigh": "neigh", "neighbours": "neigh"}
+_MONITOR_GROUPS = {"link": ("link",), "addr": ("ipv4_addr", "ipv6_addr"),
+                   "route": ("ipv4_route", "ipv6_route"), "neigh": ("neigh",)}
+_NUD_NOARP = 0x40
+# The keys ip -j addr shows of a link, before its addr_info.
+_ADDR_LINK_KEYS = ("ifindex", "link", "link_index", "ifname", "flags", "mtu", "qdisc", "master",
+                   "operstate", "group", "txqlen", "link_type", "address", "broadcast",
+                   "link_netnsid")
+
+
+def _names(links: list[rtnl.Link]) -> tuple[dict[int, str], dict[int, int]]:
+    return {link.index: link.name for link in links}, {link.index: link.flags for link in links}
+
+
+def _ip(args: argparse.Namespace) -> int:
+    kind = _IP_OBJECTS[args.object]
+    table = None if args.table is None else "all" if args.table == "all" else int(args.table)
+    with rtnl.Route(args.netns) as ip:
+        links = ip.links()
+        names, flags = _names(links)
+        entries: list[ipjson.Json]
+        if kind == "link":
+            entries = [ipjson.link_json(link, names, flags) for link in links]
+        elif kind == "addr":
+            entries = _addr_entries(links, ip.addresses(args.family), names, flags,
+                                    args.family is not None)
+        elif kind == "route":
+            # As ip: every family for every table, else IPv4 unless -6.
+            family = args.family or (None if table == "all" else rtnl.AF_INET)
+            entries = [ipjson.route_json(route, names) for route in ip.routes(family, table)]
+        else:  # as ip, without the NOARP pseudo-entries (multicast, broadcast)
+            entries = [ipjson.neighbour_json(neigh, names)
+                       for neigh in ip.neighbours(args.family) if neigh.state != _NUD_NOARP]
+    if args.json:
+        print(json.dumps(entries))
+    elif kind == "addr":
+        for entry in entries:
+            print(ipjson.text("link", entry))
+            for info in entry["addr_info"]:
+                print(ipjson.text("addr", {"ifindex": entry["ifindex"],
+                                           "ifname": entry["ifname"], **info}))
+    else:
+        for entry in entries:
+            print(ipjson.text(kind, entry))
+    return 0
+
+
+def _addr_entries(links: list[rtnl.Link], addresses: list[rtnl.Address], names: dict[int, str],
+                  flags: dict[int, int], only_with: bool) -> list[ipjson.Json]:
+    """ip -j addr: each link (those with an address, when a family was asked
+    for) with its addresses in addr_info."""
+    by_link: dict[int, list[ipjson.Json]] = {}
+    for addr in addresses:
+        by_link.setdefault(addr.index, []).append(ipjson.address_info(addr))
+    entries = []
+    for link in links:
+        if only_with and link.index not in by_link:
+            continue
+        full = ipjson.link_json(link, names, flags)
+        entry = {key: full[key] for key in _ADDR_LINK_KEYS if key in full}
+        entry["addr_info"] = by_link.get(link.index, [])
+        entries.append(entry)
+    return entries
+
+
+def _monitor(args: argparse.Namespace) -> int:
+    objects = args.objects or ["link", "addr", "route"]
+    groups = [group for obj in objects for group in _MONITOR_GROUPS[obj]]
+    with rtnl.Route(args.netns) as ip:
+        names, flags = _names(ip.links())
+        for event in ip.events(groups, resync=True):
+            if isinstance(event, rtnl.Resync):
+                counts = {"added": event.added, "changed": event.changed,
+                          "removed": event.removed}
+                print(json.dumps({"resync": counts}) if args.json else
+                      "Resync: notifications were lost; differences follow "
+                      f"({event.added} added, {event.changed} changed, {event.removed} removed)",
+                      flush=True)
+                continue
+            if isinstance(event, rtnl.Link):
+                if event.deleted:
+                    names.pop(event.index, None)
+                    flags.pop(event.index, None)
+                else:
+                    names[event.index] = event.name
+                    flags[event.index] = event.flags
+            entry = ipjson.record_json(event, names, flags)
+            print(json.dumps(entry) if args.json else ipjson.text(_kind_of(event), entry),
+                  flush=True)
+    return 0
+
+
+def _kind_of(record: rtnl.Record) -> str:
+    return {rtnl.Link: "link", rtnl.Address: "addr", rtnl.RouteEntry: "route",
+            rtnl.Neighbour: "neigh"}[type(record)]
