@@ -71,14 +71,14 @@ def _parser() -> argparse.ArgumentParser:
                         help="IPv4 only")
     family.add_argument("-6", dest="family", action="store_const", const=rtnl.AF_INET6,
                         help="IPv6 only")
-    ip.add_argument("--table", metavar="N|all", help="routes of table N, or of every table")
+    ip.add_argument("--table", metavar="N|all", type=_table,
+                    help="routes of table N, or of every table")
     ip.add_argument("--json", "-j", action="store_true", help="ip -j's JSON")
     ip.add_argument("--netns", "-n", metavar="NAME", help="a namespace under /run/netns")
 
     monitor = sub.add_parser("monitor", help="print rtnetlink changes as they happen")
-    monitor.add_argument("objects", nargs="*", choices=sorted(_MONITOR_GROUPS),
-                         metavar="link|addr|route|neigh", help="what to watch (default: "
-                         "link addr route)")
+    monitor.add_argument("objects", nargs="*", metavar="link|addr|route|neigh",
+                         help="what to watch (default: link addr route)")
     monitor.add_argument("--json", "-j", action="store_true", help="one JSON object a line")
     monitor.add_argument("--netns", "-n", metavar="NAME", help="a namespace under /run/netns")
     return parser
@@ -178,13 +178,22 @@ _ADDR_LINK_KEYS = ("ifindex", "link", "link_index", "ifname", "flags", "mtu", "q
                    "link_netnsid")
 
 
+def _table(text: str) -> int | str:
+    """--table's value: "all" or a table number."""
+    if text == "all":
+        return text
+    if not text.isdigit() or not 0 < int(text) < 2**32:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither 'all' nor a table number")
+    return int(text)
+
+
 def _names(links: list[rtnl.Link]) -> tuple[dict[int, str], dict[int, int]]:
     return {link.index: link.name for link in links}, {link.index: link.flags for link in links}
 
 
 def _ip(args: argparse.Namespace) -> int:
     kind = _IP_OBJECTS[args.object]
-    table = None if args.table is None else "all" if args.table == "all" else int(args.table)
+    table = args.table
     with rtnl.Route(args.netns) as ip:
         links = ip.links()
         names, flags = _names(links)
@@ -235,6 +244,10 @@ def _addr_entries(links: list[rtnl.Link], addresses: list[rtnl.Address], names: 
 
 def _monitor(args: argparse.Namespace) -> int:
     objects = args.objects or ["link", "addr", "route"]
+    unknown = sorted(set(objects) - _MONITOR_GROUPS.keys())
+    if unknown:
+        raise ValueError(f"monitor: unknown objects {unknown}; choose from "
+                         f"{sorted(_MONITOR_GROUPS)}")
     groups = [group for obj in objects for group in _MONITOR_GROUPS[obj]]
     with rtnl.Route(args.netns) as ip:
         names, flags = _names(ip.links())
