@@ -1,6 +1,6 @@
 """latchwire: locking and netlink for Linux system daemons, with a compiled core."""
 
-from latchwire import lockorder, netlink
+from latchwire import genl, lockorder, netlink, rtnl
 from latchwire._core import Mutex, RWLock, wake_signal
 from latchwire.errors import (
     DumpInterrupted,
@@ -11,6 +11,7 @@ from latchwire.errors import (
     NetlinkError,
     Overrun,
     ProtocolError,
+    SessionLost,
 )
 from latchwire.locking import FileLock, Holder, Lease, LockSpace, resource_name
 from latchwire.objects import Lockable, ObjectList
@@ -32,9 +33,12 @@ __all__ = [
     "Overrun",
     "ProtocolError",
     "RWLock",
+    "SessionLost",
+    "genl",
     "lockorder",
     "netlink",
     "resource_name",
+    "rtnl",
     "wake_signal",
 ]
 __version__ = "0.1.0"

@@ -20,6 +20,7 @@ __all__ = [
     "NetlinkError",
     "Overrun",
     "ProtocolError",
+    "SessionLost",
 ]
 
 
@@ -73,3 +74,8 @@ class Overrun(NetlinkError):
 
 class ProtocolError(ValueError):
     """A malformed message: never a crash, never a silent truncation."""
+
+
+class SessionLost(ConnectionError):
+    """A remote lockspace's session with its coordination engine expired: the
+    entries it carried (a wait, or a lease) are gone."""

@@ -40,7 +40,7 @@ from types import TracebackType
 from typing import Literal
 from urllib.parse import urlsplit
 
-from latchwire.errors import LockBusy, LockCancelled, LockTimeout
+from latchwire.errors import LockBusy, LockCancelled, LockTimeout, SessionLost
 from latchwire.locking import Lease
 
 __all__ = ["Listener", "RemoteLease", "RemoteLockSpace", "SessionLost", "State", "connect"]
@@ -49,10 +49,6 @@ State = Literal["held", "suspended", "lost", "released"]
 Listener = Callable[["RemoteLease", "State"], None]
 _FINAL = ("lost", "released")
 _log = logging.getLogger("latchwire")
-
-
-class SessionLost(ConnectionError):
-    """The engine's session expired: the entries it carried are gone (a wait, or a lease)."""
 
 
 class RemoteLease:
