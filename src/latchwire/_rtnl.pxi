@@ -900,7 +900,7 @@ cdef class RouteEntry:
 ctypedef struct lw_neigh:
     uint32_t index
     uint16_t state
-    uint8_t family, flags, type, lladdr_len, has_dst, has_lladdr
+    uint8_t family, dst_family, flags, type, lladdr_len, has_dst, has_lladdr
     uint8_t dst[16]
     uint8_t lladdr[LW_HWADDR_SIZE]
 
@@ -921,9 +921,14 @@ cdef Neighbour lw_decode_neigh(const unsigned char *p, Py_ssize_t off, Py_ssize_
     n.type = p[off + 11]
     off += 12
     while lw_next_attr(p, &off, end, &atype, &vstart, &vlen):
-        if atype == 1:          # NDA_DST
-            lw_family_ok(n.family)
-            lw_copy_ip(n.dst, n.family, p + vstart, vlen, atype)
+        if atype == 1:          # NDA_DST; a bridge FDB entry's (VXLAN remote) is IPv4 or IPv6
+            if n.family == AF_INET_ or n.family == AF_INET6_:
+                n.dst_family = n.family
+            elif vlen == 4 or vlen == 16:
+                n.dst_family = AF_INET_ if vlen == 4 else AF_INET6_
+            else:
+                raise ProtocolError(f"NDA_DST of {vlen} bytes in a family {n.family} entry")
+            lw_copy_ip(n.dst, n.dst_family, p + vstart, vlen, atype)
             n.has_dst = 1
         elif atype == 2:        # NDA_LLADDR
             lw_copy_hwaddr(n.lladdr, &n.lladdr_len, p + vstart, vlen, atype)
@@ -986,7 +991,7 @@ cdef class Neighbour:
 
     @property
     def dst(self):
-        return lw_ip_text(self.n.family, self.n.dst) if self.n.has_dst else None
+        return lw_ip_text(self.n.dst_family, self.n.dst) if self.n.has_dst else None
 
     @property
     def lladdr(self):

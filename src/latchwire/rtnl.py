@@ -22,6 +22,7 @@ import struct
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
+from typing import cast
 
 from latchwire import netlink
 from latchwire._core import Address, Link, Neighbour, NextHop, RouteEntry, decode
@@ -168,14 +169,16 @@ class Route:
     # -- dumps ---------------------------------------------------------------
 
     def _dump(self, request: Request) -> tuple[list[Record], bool]:
-        """The records of a dump read whole, and whether the kernel filtered it."""
+        """The records of a dump read whole, and whether the kernel filtered it.
+        A dump's records are all of the type asked for: the kernel answers a
+        GET of one kind with messages of that kind only."""
         dump = self._sock.dump(request, retries=_RETRIES, timeout=self.timeout, decode=True)
         return dump.all(), dump.filtered
 
     def links(self) -> list[Link]:
         """Every link."""
         records, _ = self._dump(Request(RTM_GETLINK, header=_IFINFOMSG.pack(0, 0, 0, 0, 0)))
-        return [r for r in records if isinstance(r, Link)]
+        return cast(list[Link], records)
 
     def link(self, link: LinkRef) -> Link:
         """One link by index or name; NetlinkError ENODEV if there is none."""
@@ -198,7 +201,7 @@ class Route:
         out: list[Address] = []
         for fam in _family_of(family):
             records, _ = self._dump(Request(RTM_GETADDR, header=_IFADDRMSG.pack(fam, 0, 0, 0, 0)))
-            out.extend(r for r in records if isinstance(r, Address))
+            out += cast(list[Address], records)
         return out
 
     def routes(self, family: int | None = AF_INET, table: int | str | None = None
@@ -218,11 +221,10 @@ class Route:
             header = _RTMSG.pack(fam, 0, 0, 0, table_id if table_id < 256 else 0, 0, 0, 0, 0)
             attrs = attr(RTA_TABLE, u32(table_id)) if table_id else b""
             records, filtered = self._dump(Request(RTM_GETROUTE, header=header, attrs=attrs))
+            routes = cast(list[RouteEntry], records)
             if table_id and not filtered:  # a kernel that does not filter dumps by table
-                out.extend(r for r in records
-                           if isinstance(r, RouteEntry) and r.table == table_id)
-            else:
-                out.extend(r for r in records if isinstance(r, RouteEntry))
+                routes = [r for r in routes if r.table == table_id]
+            out = routes if not out else out + routes
         return out
 
     def neighbours(self, family: int | None = None) -> list[Neighbour]:
@@ -230,7 +232,7 @@ class Route:
         out: list[Neighbour] = []
         for fam in _family_of(family):
             records, _ = self._dump(Request(RTM_GETNEIGH, header=_NDMSG.pack(fam, 0, 0, 0, 0)))
-            out.extend(r for r in records if isinstance(r, Neighbour))
+            out += cast(list[Neighbour], records)
         return out
 
     # -- changes -------------------------------------------------------------
