@@ -19,7 +19,7 @@ import errno
 import ipaddress
 import socket
 import struct
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncGenerator, Generator, Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import cast
@@ -370,7 +370,7 @@ class Route:
     # -- events --------------------------------------------------------------
 
     def events(self, groups: Iterable[str] = DEFAULT_GROUPS, resync: bool = True,
-               timeout: float | None = None) -> Iterator[Event]:
+               timeout: float | None = None) -> Generator[Event, None, None]:
         """The records of change notifications, as they come; deletions have
         ``deleted`` set. TimeoutError if none comes within timeout.
 
@@ -384,7 +384,7 @@ class Route:
         return _EventStream(self, groups, resync).run(timeout)
 
     def events_async(self, groups: Iterable[str] = DEFAULT_GROUPS, resync: bool = True
-                     ) -> AsyncIterator[Event]:
+                     ) -> AsyncGenerator[Event, None]:
         """events() for asyncio: waits through the running loop's reader
         callbacks (no thread). A resync's dump runs in the loop; it is short
         (about 70 ms for 100,000 routes)."""
@@ -414,7 +414,7 @@ class _EventStream:
             self._sock.close()
             raise
 
-    def run(self, timeout: float | None) -> Iterator[Event]:
+    def run(self, timeout: float | None) -> Generator[Event, None, None]:
         """The events, batch by batch; the socket closes with the iterator."""
         try:
             while True:
@@ -422,7 +422,7 @@ class _EventStream:
         finally:
             self._sock.close()
 
-    async def run_async(self) -> AsyncIterator[Event]:
+    async def run_async(self) -> AsyncGenerator[Event, None]:
         """run() for asyncio, woken by the loop's reader callback."""
         loop = asyncio.get_running_loop()
         readable = asyncio.Event()
