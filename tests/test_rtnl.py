@@ -359,6 +359,7 @@ def link_fields(link: Link, up: dict[int, bool]) -> dict[str, Any]:
 
 
 def links_view(links: list[Link]) -> View:
+    """Links in ip's terms, with their counters as the moving part."""
     up = {link.index: link.up for link in links}
     stats = {link.index: link.stats for link in links}
     return View({link.index: link_fields(link, up) for link in links},
@@ -386,6 +387,7 @@ def ip_addresses(ns: Netns) -> View:
 
 
 def addresses_view(addresses: list[Address]) -> View:
+    """Addresses in ip's terms, with their lifetimes as the moving part."""
     fixed, moving = {}, {}
     for a in addresses:
         key = (a.family, a.index, a.local, a.prefixlen)
@@ -410,7 +412,7 @@ def ip_routes(ns: Netns, family: int, table: str = "all") -> View:
         hops = tuple(sorted((h["gateway"], index_of[h["dev"]], h["weight"],
                              frozenset(h["flags"])) for h in e.get("nexthops", [])))
         shown = e.get("table", RT_TABLE_MAIN if table == "main" else table)  # one table: unsaid
-        routes[route_key(family=family, table=int(shown), dst=prefix(e["dst"], family),
+        routes[route_fields(family=family, table=int(shown), dst=prefix(e["dst"], family),
                          gateway=e.get("gateway"), oif=index_of.get(e.get("dev", "")),
                          priority=e.get("metric"), protocol=int(e["protocol"]),
                          scope=int(e["scope"]), type=int(e["type"]), prefsrc=e.get("prefsrc"),
@@ -419,7 +421,9 @@ def ip_routes(ns: Netns, family: int, table: str = "all") -> View:
     return View(dict(routes), {})
 
 
-def route_key(**fields: Any) -> tuple[tuple[str, Any], ...]:
+def route_fields(**fields: Any) -> tuple[tuple[str, Any], ...]:
+    """A route's fields as a hashable whole (routes are counted, not keyed: several
+    may share any one identity)."""
     return tuple(sorted(fields.items()))
 
 
@@ -431,7 +435,7 @@ def routes_view(routes: list[RouteEntry]) -> View:
         hops = tuple(sorted((h.gateway, h.oif, h.weight, frozenset(names_of(h.flags,
                                                                               RT_FLAG_NAMES)))
                             for h in r.nexthops))
-        counted[route_key(family=r.family, table=r.table,
+        counted[route_fields(family=r.family, table=r.table,
                           dst=str(ipaddress.ip_network(f"{r.dst or zero}/{r.dst_len}")),
                           gateway=r.gateway, oif=r.oif, priority=r.priority,
                           protocol=r.protocol, scope=r.scope, type=r.type, prefsrc=r.prefsrc,
@@ -455,6 +459,7 @@ def ip_neighbours(ns: Netns) -> View:
 
 
 def neighbours_view(neighbours: list[Neighbour]) -> View:
+    """Neighbour entries in ip's terms."""
     return View({(n.family, n.index, n.dst): {
         "lladdr": n.lladdr, "state": names_of(n.state, NUD_NAMES) or {"NONE"},
         "flags": names_of(n.flags, NTF_NAMES)} for n in neighbours}, {})
@@ -465,7 +470,7 @@ def neighbours_view(neighbours: list[Neighbour]) -> View:
 
 
 def test_world_is_as_big_as_the_issue_asks(world: Netns) -> None:
-    with rtnl.Route(world.path) as ip:
+    with rtnl.Route(world.name) as ip:
         links = ip.links()
         v4 = ip.routes(AF_INET, table="all")
         v6 = ip.routes(AF_INET6, table="all")
@@ -603,6 +608,7 @@ def ip_addrs_of(ns: Netns, dev: str) -> dict[str, dict[str, Any]]:
 
 
 def ip_route_entries(ns: Netns, *selector: str, family: int = AF_INET) -> list[dict[str, Any]]:
+    """``ip -j -d -N route show SELECTOR`` of family (every field shown, in numbers)."""
     return list(ns.json("-4" if family == AF_INET else "-6", "-d", "-N", "route", "show",
                         *selector))
 
@@ -848,6 +854,7 @@ def burst(ns: Netns, count: int, first: int = 0) -> list[str]:
 
 
 def keyed(records: Iterable[Record]) -> dict[tuple[type, object], Record]:
+    """Records by identity, as an event stream keeps its view."""
     return {(type(r), r.key): r for r in records}
 
 
@@ -897,6 +904,7 @@ def test_overrun_without_resync_is_raised(scratch: Netns) -> None:
 
 
 def open_fds() -> set[str]:
+    """The descriptors this process has open."""
     return set(os.listdir("/proc/self/fd"))
 
 
@@ -977,6 +985,7 @@ class Specimens(NamedTuple):
 
 
 def dump_requests() -> list[Request]:
+    """Dump requests for every link, address, route and neighbour entry."""
     return [Request(RTM_GETLINK, header=IFINFOMSG.pack(0, 0, 0, 0, 0)),
             Request(RTM_GETADDR, header=IFADDRMSG.pack(0, 0, 0, 0, 0)),
             Request(RTM_GETROUTE, header=RTMSG.pack(AF_INET, 0, 0, 0, 0, 0, 0, 0, 0)),
@@ -1090,10 +1099,12 @@ def test_link_equality_ignores_counters_but_not_fields() -> None:
 
 
 def ip4(text: str) -> bytes:
+    """An IPv4 address's 4 bytes."""
     return socket.inet_pton(AF_INET, text)
 
 
 def ip6(text: str) -> bytes:
+    """An IPv6 address's 16 bytes."""
     return socket.inet_pton(AF_INET6, text)
 
 
@@ -1106,6 +1117,7 @@ NEIGH4_HEADER = NDMSG.pack(AF_INET, 3, 0x80, 0, 1)
 
 
 def nexthop(length: int, attrs: bytes = b"", index: int = 3) -> bytes:
+    """A struct rtnexthop claiming length bytes, then attrs (whatever their real size)."""
     return RTNEXTHOP.pack(length, 0, 0, index) + attrs
 
 
@@ -1313,6 +1325,7 @@ class Recorder(rtnl.Route):
 
 @pytest.fixture(scope="module")
 def recorder() -> Iterator[Recorder]:
+    """One Recorder for the module (hypothesis runs many examples on it)."""
     route = Recorder()
     try:
         yield route
@@ -1375,6 +1388,8 @@ def gateways_for(network: Any) -> st.SearchStrategy[str]:
 
 @st.composite
 def route_args(draw: st.DrawFn) -> dict[str, Any]:
+    """Keyword arguments for add_route: any prefix, gateways of its family, maybe a
+    link, table, metric, preferred source, next hops, replace."""
     network = draw(interfaces).network
     gateway = gateways_for(network)
     default = network.prefixlen == 0 and network.version == 4  # "default" is IPv4's
