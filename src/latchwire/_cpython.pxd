@@ -1,5 +1,6 @@
-# CPython frame access across 3.10-3.13, for recording where a lock was taken
-# cheaply: the code object and instruction offset now, the line only when asked.
+# CPython declarations Cython does not carry: frame access across 3.10-3.13, for recording where
+# a lock was taken cheaply (the code object and instruction offset now, the line only when asked),
+# and filesystem-encoding decoding.
 
 
 cdef extern from *:
@@ -30,3 +31,7 @@ cdef extern from "Python.h":
     ctypedef struct PyObject
     # Borrowed: this thread's dict for extension modules' per-thread state.
     PyObject *PyThreadState_GetDict()
+
+
+cdef extern from "Python.h":
+    object PyUnicode_DecodeFSDefault(const char *s)

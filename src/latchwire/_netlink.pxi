@@ -370,7 +370,7 @@ cdef tuple lw_walk(const unsigned char *p, Py_ssize_t n, bytes owner, long long 
         if not decode:
             out.append(lw_message(owner, p, off, length))
         elif mtype != NLMSG_NOOP_:
-            record = lw_decode_record(mtype, p, off + NLMSG_HDRLEN, off + length)
+            record = lw_decode_record(mtype, mflags, p, off + NLMSG_HDRLEN, off + length)
             if record is not None:
                 out.append(record)
         off += nl_align(length)
@@ -407,7 +407,8 @@ cdef class Message:
     def record(self):
         """The rtnetlink record (Link, Address, RouteEntry, Neighbour) this
         message carries, or None for another type; ProtocolError if malformed."""
-        return lw_decode_record(self.type, <const unsigned char *>PyBytes_AS_STRING(self.buf),
+        return lw_decode_record(self.type, self.flags,
+                                <const unsigned char *>PyBytes_AS_STRING(self.buf),
                                 self.start, self.end)
 
 

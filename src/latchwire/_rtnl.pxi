@@ -9,6 +9,7 @@
 # ProtocolError.
 
 from cpython.unicode cimport PyUnicode_FromString
+from latchwire._cpython cimport PyUnicode_DecodeFSDefault
 from libc.stdint cimport uint8_t
 from libc.string cimport memcmp
 from latchwire._posix cimport inet_ntop, strnlen
@@ -30,6 +31,7 @@ cdef enum:
     RTM_DELROUTE_ = 25
     RTM_NEWNEIGH_ = 28
     RTM_DELNEIGH_ = 29
+    NLM_F_REPLACE_ = 0x100
 
 
 # ---------------------------------------------------------------------------
@@ -115,8 +117,10 @@ cdef object lw_hw_text(const uint8_t *a, int n):
     return PyUnicode_FromString(text)
 
 
+# A name (link, label, kind) as os.fsdecode reads it: the kernel takes any
+# bytes but '/', ':' and blanks, so undecodable bytes become surrogates.
 cdef inline object lw_c_text(const char *s):
-    return PyUnicode_FromString(s)
+    return PyUnicode_DecodeFSDefault(s)
 
 
 cdef int lw_family_ok(int family) except -1:
@@ -764,11 +768,15 @@ cdef class RouteEntry:
 
     Addresses are text; ``dst`` is None for a default route (dst_len 0).
     Absent numbers read as None. ``nexthops`` lists a multipath route's next
-    hops (empty otherwise).
+    hops (empty otherwise). ``replaces`` marks a notification that the route
+    took the place of those with the same ``key[:8]`` (``ip route replace``).
     """
     cdef lw_route r
     cdef list nexthops_
     cdef readonly bint deleted
+    # A notification that this route took the place of the routes with the
+    # same destination, source, table, tos and metric (NLM_F_REPLACE).
+    cdef readonly bint replaces
 
     def __repr__(self):
         return (f"<rtnl.RouteEntry {self.dst or 'default'}/{self.r.dst_len} table={self.r.table}"
@@ -785,10 +793,12 @@ cdef class RouteEntry:
 
     @property
     def key(self):
-        """What identifies the route in the kernel:
-        (family, table, dst, dst_len, src, src_len, tos, priority)."""
+        """What tells the route from every other in the kernel: (family, table,
+        dst, dst_len, src, src_len, tos, priority, oif, gateway). The device and
+        gateway count because routes to one prefix may differ only by them
+        (IPv6 routes on several links, ``ip route append``)."""
         return (self.r.family, self.r.table, self.dst, self.r.dst_len, self.src,
-                self.r.src_len, self.r.tos, self.priority)
+                self.r.src_len, self.r.tos, self.priority, self.oif, self.gateway)
 
     def as_deleted(self):
         """This route, as a deletion."""
@@ -1001,12 +1011,15 @@ cdef class Neighbour:
 # ---------------------------------------------------------------------------
 # Walking a datagram
 
-# The record of one rtnetlink message (payload p[off:end]), or None for a
-# message type that has none.
-cdef object lw_decode_record(int mtype, const unsigned char *p, Py_ssize_t off,
+# The record of one rtnetlink message (type mtype, flags mflags, payload
+# p[off:end]), or None for a message type that has none.
+cdef object lw_decode_record(int mtype, int mflags, const unsigned char *p, Py_ssize_t off,
                              Py_ssize_t end):
+    cdef RouteEntry route
     if mtype == RTM_NEWROUTE_ or mtype == RTM_DELROUTE_:
-        return lw_decode_route(p, off, end, mtype == RTM_DELROUTE_)
+        route = lw_decode_route(p, off, end, mtype == RTM_DELROUTE_)
+        route.replaces = mtype == RTM_NEWROUTE_ and (mflags & NLM_F_REPLACE_) != 0
+        return route
     if mtype == RTM_NEWLINK_ or mtype == RTM_DELLINK_:
         return lw_decode_link(p, off, end, mtype == RTM_DELLINK_)
     if mtype == RTM_NEWADDR_ or mtype == RTM_DELADDR_:
@@ -1027,7 +1040,8 @@ def decode(bytes buf not None):
     cdef list out = []
     cdef object record
     while lw_next_msg(p, &off, n, &length):
-        record = lw_decode_record(rd16(p + off + 4), p, off + NLMSG_HDRLEN, off + length)
+        record = lw_decode_record(rd16(p + off + 4), rd16(p + off + 6), p, off + NLMSG_HDRLEN,
+                                  off + length)
         if record is not None:
             out.append(record)
         off += nl_align(length)

@@ -391,9 +391,42 @@ class Route:
         return _EventStream(self, groups, resync).run_async()
 
 
+class _View:
+    """What an event stream has seen: records by (class, key), and routes also
+    by the part of their key an ``ip route replace`` matches (``key[:8]``), so
+    that a route that replaces others (``replaces``) drops them."""
+
+    def __init__(self, records: Iterable[Record] = ()) -> None:
+        self.records: dict[tuple[type, object], Record] = {}
+        self._routes: dict[tuple[object, ...], set[tuple[type, object]]] = {}
+        for record in records:
+            self.apply(record)
+
+    def apply(self, record: Record) -> None:
+        """Take in a notification (or a dumped record)."""
+        key = (type(record), record.key)
+        if record.deleted:
+            self._drop(key)
+            return
+        if isinstance(record, RouteEntry):
+            if record.replaces:
+                for old in list(self._routes.get(record.key[:8], ())):
+                    self._drop(old)
+            self._routes.setdefault(record.key[:8], set()).add(key)
+        self.records[key] = record
+
+    def _drop(self, key: tuple[type, object]) -> None:
+        record = self.records.pop(key, None)
+        if isinstance(record, RouteEntry):
+            slot = self._routes[record.key[:8]]
+            slot.discard(key)
+            if not slot:
+                del self._routes[record.key[:8]]
+
+
 class _EventStream:
-    """A socket joined to rtnetlink groups, and, for resyncs, the table of
-    records it has seen, keyed by (record class, record key)."""
+    """A socket joined to rtnetlink groups, and, for resyncs, a _View of the
+    records it has seen."""
 
     def __init__(self, route: Route, groups: Iterable[str], resync: bool) -> None:
         names = list(groups)
@@ -404,7 +437,7 @@ class _EventStream:
         self._names = names
         self._sock = netlink.Socket(netlink.NETLINK_ROUTE, netns=route.netns,
                                     rcvbuf=route._rcvbuf, strict=True)
-        self._seen: dict[tuple[type, object], Record] | None = None
+        self._seen: _View | None = None
         try:
             for name in names:
                 self._sock.join_group(GROUPS[name])
@@ -442,7 +475,7 @@ class _EventStream:
             loop.remove_reader(fd)
             self._sock.close()
 
-    def _snapshot(self) -> dict[tuple[type, object], Record]:
+    def _snapshot(self) -> _View:
         """What the kernel has now, in the groups this stream watches."""
         records: list[Record] = []
         route = self._route
@@ -456,7 +489,7 @@ class _EventStream:
                 records += route.addresses(family)
             if route_group in self._names:
                 records += route.routes(family, table="all")
-        return {(type(r), r.key): r for r in records}
+        return _View(records)
 
     def next_batch(self, timeout: float | None) -> list[Event]:
         """The events of the next datagram (TimeoutError if none), or, after an
@@ -469,20 +502,16 @@ class _EventStream:
             return self._resync()
         if self._seen is not None:
             for record in records:
-                key = (type(record), record.key)
-                if record.deleted:
-                    self._seen.pop(key, None)
-                else:
-                    self._seen[key] = record
+                self._seen.apply(record)
         return list(records)
 
     def _resync(self) -> list[Event]:
         assert self._seen is not None
         self._sock.drain()  # what is still queued is older than the dump below
-        fresh = self._snapshot()
-        removed = [old.as_deleted() for key, old in self._seen.items() if key not in fresh]
-        added = [new for key, new in fresh.items() if key not in self._seen]
-        changed = [new for key, new in fresh.items()
-                   if key in self._seen and self._seen[key] != new]
-        self._seen = fresh
+        view = self._snapshot()
+        seen, fresh = self._seen.records, view.records
+        removed = [old.as_deleted() for key, old in seen.items() if key not in fresh]
+        added = [new for key, new in fresh.items() if key not in seen]
+        changed = [new for key, new in fresh.items() if key in seen and seen[key] != new]
+        self._seen = view
         return [Resync(len(added), len(changed), len(removed)), *removed, *added, *changed]
