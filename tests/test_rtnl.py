@@ -1256,7 +1256,7 @@ def test_well_formed_edges_decode() -> None:
                Link)
     assert link.name == "a" * 15 and link.mac.count(":") == 31 and link.mtu is None
     route = one(datagram(RTM_NEWROUTE, ROUTE4_HEADER), RouteEntry)
-    assert (route.dst, route.gateway, route.oif, route.nexthops) == (None, None, None, [])
+    assert (route.dst, route.gateway, route.oif, route.nexthops) == (None, None, None, ())
     via = one(datagram(RTM_NEWROUTE, ROUTE4_HEADER + rtattr(
         RTA["VIA"], struct.pack("=H", AF_INET6) + ip6("fe80::1"))), RouteEntry)
     assert (via.gateway, via.gateway_family) == ("fe80::1", AF_INET6)

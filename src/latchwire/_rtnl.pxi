@@ -624,7 +624,7 @@ cdef int lw_route_metrics(lw_route *r, const unsigned char *p, Py_ssize_t off,
 
 
 # RTA_MULTIPATH: struct rtnexthop entries, each followed by its attributes.
-cdef list lw_route_nexthops(int family, const unsigned char *p, Py_ssize_t off,
+cdef tuple lw_route_nexthops(int family, const unsigned char *p, Py_ssize_t off,
                             Py_ssize_t end):
     cdef list hops = []
     cdef NextHop hop
@@ -653,7 +653,7 @@ cdef list lw_route_nexthops(int family, const unsigned char *p, Py_ssize_t off,
                 hop.has_gateway = True
         hops.append(hop)
         off += nl_align(length)
-    return hops
+    return tuple(hops)
 
 
 cdef RouteEntry lw_decode_route(const unsigned char *p, Py_ssize_t off, Py_ssize_t end,
@@ -763,16 +763,17 @@ cdef class NextHop:
 @cython.final
 @cython.auto_pickle(False)
 @cython.freelist(8)
+@cython.no_gc   # holds only a tuple of NextHops, which hold nothing: no cycle can pass through
 cdef class RouteEntry:
     """A route as rtnetlink reported it (RTM_NEWROUTE/DELROUTE).
 
     Addresses are text; ``dst`` is None for a default route (dst_len 0).
-    Absent numbers read as None. ``nexthops`` lists a multipath route's next
-    hops (empty otherwise). ``replaces`` marks a notification that the route
+    Absent numbers read as None. ``nexthops`` is the tuple of a multipath
+    route's next hops (empty otherwise). ``replaces`` marks a notification that the route
     took the place of those with the same ``key[:8]`` (``ip route replace``).
     """
     cdef lw_route r
-    cdef list nexthops_
+    cdef tuple nexthops_
     cdef readonly bint deleted
     # A notification that this route took the place of the routes with the
     # same destination, source, table, tos and metric (NLM_F_REPLACE).
@@ -901,7 +902,7 @@ cdef class RouteEntry:
 
     @property
     def nexthops(self):
-        return self.nexthops_ if self.nexthops_ is not None else []
+        return self.nexthops_ if self.nexthops_ is not None else ()
 
 
 # ---------------------------------------------------------------------------
