@@ -1937,7 +1937,6 @@ ROUTES_REQUEST = dump_request(
 LINKS_REQUEST = dump_request(netlink.RTM_GETLINK, struct.pack("=BxHiII", 0, 0, 0, 0, 0))
 LW_ROUTES = "latchwire Route.routes"
 LW_ROUTES_READ = "latchwire Route.routes, dst/gateway/oif read"
-LW_ROUTES_NO_GC = "latchwire Route.routes, cyclic GC paused"
 IP_JSON_ROUTES = "ip -j route show | json.loads"
 LW_LINKS = "latchwire Route.links"
 IP_JSON_LINKS = "ip -j link show | json.loads"
@@ -1996,18 +1995,6 @@ def routes_read(route: rtnl.Route) -> Callable[[], Counted]:
                 direct += 1
         return Counted(direct, None)
     return dump
-
-
-def gc_paused(dump: Callable[[], Counted]) -> Callable[[], Counted]:
-    """dump() with Python's cyclic garbage collector disabled around it: a diagnostic, the
-    difference to dump() is what the collector's passes during it cost."""
-    def run() -> Counted:
-        gc.disable()
-        try:
-            return dump()
-        finally:
-            gc.enable()
-    return run
 
 
 def ip_json(netns: str, *args: str) -> list[Any]:
@@ -2108,11 +2095,8 @@ def routes_conclusions(section: Section, count: int) -> None:
         add_guard(section, f"{PYROUTE2_ROUTES} / {LW_ROUTES}",
                   section.row(PYROUTE2_ROUTES).median / lw.median, PYROUTE2_GUARD, at_most=False)
     extra = (section.row(LW_ROUTES_READ).median - lw.median) * 1e3 / count
-    collector = lw.median - section.row(LW_ROUTES_NO_GC).median
-    section.conclusions += [
-        f"reading dst, gateway and oif of every record adds {extra:.3f} µs a route",
-        f"the cyclic garbage collector's passes over the new records take {fmt(collector)} "
-        f"of its {fmt(lw.median)} ms ({collector / lw.median:.0%}; {LW_ROUTES_NO_GC})"]
+    section.conclusions.append(
+        f"reading dst, gateway and oif of every record adds {extra:.3f} µs a route")
 
 
 def routes_part(s: Settings) -> list[Section]:
@@ -2129,8 +2113,6 @@ def routes_part(s: Settings) -> list[Section]:
             Dumper(LW_ROUTES, "latchwire", records_dump(partial(route.routes,
                                                                 table=RTNL_TABLE))),
             Dumper(LW_ROUTES_READ, "latchwire", routes_read(route)),
-            Dumper(LW_ROUTES_NO_GC, "latchwire", gc_paused(records_dump(
-                partial(route.routes, table=RTNL_TABLE)))),
             Dumper(IP_JSON_ROUTES, "peer", records_dump(partial(
                 ip_json, netns, "route", "show", "table", str(RTNL_TABLE))))]
         get_routes: Callable[[], list[Any]] | None = None
@@ -2164,10 +2146,7 @@ def routes_part(s: Settings) -> list[Section]:
         f"routes(table={RTNL_TABLE}), `ip -j route show table {RTNL_TABLE}`, "
         f"get_routes(family=AF_INET, table={RTNL_TABLE}). '{LW_ROUTES_READ}' also reads "
         "those three fields of every record (their Python objects are made then) and "
-        "checks them: the cost of reading a dump, not only of having it. "
-        f"'{LW_ROUTES_NO_GC}' is a diagnostic, not a way to call it: gc.disable() around the "
-        "call, to show what the collector's passes over records still being made cost (the "
-        "records are tracked by the collector; the passes grow with the records alive).")]
+        "checks them: the cost of reading a dump, not only of having it.")]
     if s.quick and pyroute2:
         sections[-1].notes.append(f"--quick: pyroute2 runs at {RTNL_ROUTE_COUNTS[0]:,} "
                                   "routes only (one dump of 100,000 takes it about 10 s).")
