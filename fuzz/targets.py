@@ -12,12 +12,13 @@ add it to ``TARGETS``.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import struct
 from collections.abc import Callable
 
-from latchwire import ProtocolError, netlink
+from latchwire import ProtocolError, netlink, rtnl
 from latchwire.errors import NetlinkError
-from latchwire.netlink import Attrs
+from latchwire.netlink import Attrs, Record
 
 NLMSGHDR = struct.Struct("=IHHII")
 MISSING = 0x4000  # above NLA_TYPE_MASK: no attribute ever has this type
@@ -103,8 +104,39 @@ def error_of(data: bytes) -> None:
             assert error.msg is None or isinstance(error.msg, str), error
 
 
+def touch(record: Record | rtnl.NextHop) -> None:
+    """Read every field of a record (and of its next hops), its repr, hash, key
+    and deleted twin: none may raise."""
+    for name, _ in inspect.getmembers(type(record), inspect.isdatadescriptor):
+        if not name.startswith("_"):
+            getattr(record, name)
+    repr(record)
+    hash(record)
+    if isinstance(record, rtnl.NextHop):
+        return
+    assert record.as_deleted().deleted and record.as_deleted() == record
+    assert record.as_deleted().key == record.key
+    for hop in getattr(record, "nexthops", ()):
+        touch(hop)
+
+
+def rtnl_decode(data: bytes) -> None:
+    """rtnl.decode, the compiled rtnetlink decoder: the records of the datagram, or
+    ProtocolError; every field of every record reads; Message.record() of the
+    same messages makes the same records."""
+    try:
+        records = rtnl.decode(data)
+    except ProtocolError:
+        return
+    for record in records:
+        touch(record)
+    again = [msg.record() for msg in messages(data)]
+    assert [r for r in again if r is not None] == records
+
+
 TARGETS: dict[str, Callable[[bytes], None]] = {
     "parse": parse,
     "attrs": attrs,
     "error_of": error_of,
+    "rtnl_decode": rtnl_decode,
 }
