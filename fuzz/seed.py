@@ -21,7 +21,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from latchwire import netlink
+from latchwire import genl, netlink
 from latchwire.netlink import Message, Request, Socket
 
 IFINFOMSG = struct.Struct("=BxHiII")  # family, type, index, flags, change
@@ -94,15 +94,22 @@ def requests() -> Iterator[tuple[Request, int]]:
     yield Request(netlink.RTM_NEWLINK, header=IFINFOMSG.pack(0, 0, 1, 1, 1)), netlink.NLM_F_ACK
 
 
+def generic_requests() -> Iterator[tuple[Request, int]]:
+    """The generic netlink dumps whose answers make seeds: nlctrl's families."""
+    yield genl.request(genl.GENL_ID_CTRL, genl.CTRL_CMD_GETFAMILY), netlink.NLM_F_DUMP
+
+
 def capture(name: str, out: Path) -> int:
     """Write every datagram of the answers in namespace name to out; how many."""
     out.mkdir(parents=True, exist_ok=True)
     count = 0
-    with Socket(netlink.NETLINK_ROUTE, netns=name) as sock:
-        for request, flags in requests():
-            for data in answers(sock, request, flags):
-                (out / hashlib.sha1(data).hexdigest()).write_bytes(data)
-                count += 1
+    for protocol, asked in ((netlink.NETLINK_ROUTE, requests()),
+                            (netlink.NETLINK_GENERIC, generic_requests())):
+        with Socket(protocol, netns=name) as sock:
+            for request, flags in asked:
+                for data in answers(sock, request, flags):
+                    (out / hashlib.sha1(data).hexdigest()).write_bytes(data)
+                    count += 1
     return count
 
 

@@ -16,7 +16,7 @@ import inspect
 import struct
 from collections.abc import Callable
 
-from latchwire import ProtocolError, netlink, rtnl
+from latchwire import ProtocolError, genl, netlink, rtnl
 from latchwire.errors import NetlinkError
 from latchwire.netlink import Attrs, Record
 
@@ -134,9 +134,27 @@ def rtnl_decode(data: bytes) -> None:
     assert [r for r in again if r is not None] == records
 
 
+def genl_family(data: bytes) -> None:
+    """genl.header and genl.Family.from_message on every message (rtnetlink's
+    RTM_NEWLINK shares nlctrl's type 16): a header and a Family, or ProtocolError."""
+    for msg in messages(data):
+        try:
+            cmd, version = genl.header(msg)
+        except ProtocolError:
+            continue
+        assert 0 <= cmd < 256 and 0 <= version < 256
+        try:
+            family = genl.Family.from_message(msg)
+        except ProtocolError:
+            continue
+        assert isinstance(family.name, str) and 0 <= family.id < 65536, family
+        assert all(isinstance(name, str) for name in family.groups), family
+
+
 TARGETS: dict[str, Callable[[bytes], None]] = {
     "parse": parse,
     "attrs": attrs,
     "error_of": error_of,
     "rtnl_decode": rtnl_decode,
+    "genl_family": genl_family,
 }
