@@ -8,52 +8,17 @@ this file adds what is etcd's own.
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Callable, Iterator
-
 import pytest
-from coord import RemoteAgent, Server, etcd_missing, start_etcd
-from lwtest import need
+from coord import Server, etcd_missing, start_etcd
 from remote_cases import *  # noqa: F403  (the shared cases, collected here)
-from remote_cases import SESSION
+from remote_cases import SESSION, engine_fixtures
 
 from latchwire import LockBusy, LockSpace
-from latchwire.lockspace_remote import RemoteLockSpace
 
 pytestmark = pytest.mark.usefixtures("watchdog")
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """An etcd for this file's tests (skipped, or failed under CI, if it cannot start)."""
-    missing = etcd_missing()
-    need(missing is None, f"etcd cannot be started: {missing}")
-    try:
-        started = start_etcd(tmp_path_factory.mktemp("etcd"))
-    except (OSError, RuntimeError, AssertionError) as err:
-        need(False, f"etcd did not start: {err}")
-    yield started
-    started.stop()
-
-
-@pytest.fixture
-def url(server: Server) -> str:
-    """An etcd:// URL with a prefix of the test's own."""
-    return f"etcd://127.0.0.1:{server.port}/test-{uuid.uuid4().hex}"
-
-
-@pytest.fixture
-def space(url: str) -> Iterator[RemoteLockSpace]:
-    """This process's lockspace on url."""
-    with LockSpace(url, session_timeout=SESSION) as opened:
-        yield opened
-
-
-@pytest.fixture
-def agents(url: str) -> Iterator[Callable[[], RemoteAgent]]:
-    """Start RemoteAgents on url; every one still running at the end is killed."""
-    with RemoteAgent.all_killed(url, session_timeout=SESSION) as start:
-        yield start
+server, url, space, agents = engine_fixtures("etcd", "etcd", etcd_missing, start_etcd)
 
 
 def test_url_and_factory_give_the_etcd_lockspace(server: Server, url: str) -> None:

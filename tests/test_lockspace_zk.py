@@ -10,19 +10,16 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import uuid
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from coord import RemoteAgent, Server, start_zookeeper, zookeeper_missing
-from lwtest import WAIT, need
+from coord import Server, start_zookeeper, zookeeper_missing
+from lwtest import WAIT
 from remote_cases import *  # noqa: F403  (the shared cases, collected here)
-from remote_cases import SESSION
+from remote_cases import SESSION, engine_fixtures
 
 from latchwire import LockBusy, LockSpace
-from latchwire.lockspace_remote import RemoteLockSpace
 
 if TYPE_CHECKING:  # kazoo is imported only once a test makes a lockspace
     from latchwire.lockspace_zk import ZkLockSpace
@@ -30,37 +27,8 @@ if TYPE_CHECKING:  # kazoo is imported only once a test makes a lockspace
 pytestmark = pytest.mark.usefixtures("watchdog")
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """A ZooKeeper for this file's tests (skipped, or failed under CI, if it cannot start)."""
-    missing = zookeeper_missing()
-    need(missing is None, f"ZooKeeper cannot be started: {missing}")
-    try:
-        started = start_zookeeper(tmp_path_factory.mktemp("zookeeper"))
-    except (OSError, RuntimeError, AssertionError) as err:
-        need(False, f"ZooKeeper did not start: {err}")
-    yield started
-    started.stop()
-
-
-@pytest.fixture
-def url(server: Server) -> str:
-    """A zk:// URL with a prefix of the test's own."""
-    return f"zk://127.0.0.1:{server.port}/test-{uuid.uuid4().hex}"
-
-
-@pytest.fixture
-def space(url: str) -> Iterator[RemoteLockSpace]:
-    """This process's lockspace on url."""
-    with LockSpace(url, session_timeout=SESSION) as opened:
-        yield opened
-
-
-@pytest.fixture
-def agents(url: str) -> Iterator[Callable[[], RemoteAgent]]:
-    """Start RemoteAgents on url; every one still running at the end is killed."""
-    with RemoteAgent.all_killed(url, session_timeout=SESSION) as start:
-        yield start
+server, url, space, agents = engine_fixtures("ZooKeeper", "zk", zookeeper_missing,
+                                             start_zookeeper)
 
 
 def test_url_and_factory_give_the_zookeeper_lockspace(server: Server, url: str) -> None:

@@ -16,18 +16,56 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from coord import Link, RemoteAgent, Server, free_port
-from lwtest import WAIT, Worker, poll_until
+from lwtest import WAIT, Worker, need, poll_until
 
 from latchwire import Lease, LockBusy, LockCancelled, LockSpace, LockTimeout
 from latchwire.lockspace_remote import RemoteLease, RemoteLockSpace, State
 
 SESSION = 2.0  # seconds: the session timeout of every lockspace in the tests
 PROMPT = 0.5  # "at once": a busy answer, or a grant after a release
+
+
+def engine_fixtures(engine: str, scheme: str, missing: Callable[[], str | None],
+                    start: Callable[[Path], Server]) -> tuple[Any, ...]:
+    """The fixtures a test file of one engine needs, for it to assign at module level:
+    ``server`` (the engine, started once for the module: skipped, or failed under CI,
+    if it cannot start), ``url`` (a URL with a prefix of the test's own), ``space``
+    (this process's lockspace on url) and ``agents`` (RemoteAgents on url; every one
+    still running at the end is killed)."""
+
+    @pytest.fixture(scope="module", name="server")
+    def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+        absent = missing()
+        need(absent is None, f"{engine} cannot be started: {absent}")
+        try:
+            started = start(tmp_path_factory.mktemp(scheme))
+        except (OSError, RuntimeError, AssertionError) as err:
+            need(False, f"{engine} did not start: {err}")
+        yield started
+        started.stop()
+
+    @pytest.fixture(name="url")
+    def url(server: Server) -> str:
+        return f"{scheme}://127.0.0.1:{server.port}/test-{uuid.uuid4().hex}"
+
+    @pytest.fixture(name="space")
+    def space(url: str) -> Iterator[RemoteLockSpace]:
+        with LockSpace(url, session_timeout=SESSION) as opened:
+            yield opened
+
+    @pytest.fixture(name="agents")
+    def agents(url: str) -> Iterator[Callable[[], RemoteAgent]]:
+        with RemoteAgent.all_killed(url, session_timeout=SESSION) as start_agent:
+            yield start_agent
+
+    return server, url, space, agents
 
 
 def entries(space: RemoteLockSpace, name: str) -> list[str]:
