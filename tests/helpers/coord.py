@@ -26,11 +26,11 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from lock_agent import serve
 from lwtest import WAIT, Agent, child_env, poll_until
 
 ZOOKEEPER_JAR = "/usr/share/java/zookeeper.jar"
@@ -287,19 +287,7 @@ def agent_ops(url: str, options: dict[str, float]) -> Callable[[str], Callable[.
 
 def main() -> None:
     """Answer lwtest.Agent's commands until stdin closes."""
-    op_named = agent_ops(sys.argv[1], json.loads(sys.argv[2]))
-    while line := sys.stdin.buffer.readline():
-        command = json.loads(line)
-        op = command.pop("op")
-        t0 = time.monotonic()
-        try:
-            reply: dict[str, Any] = {"result": op_named(op)(**command)}
-        except Exception as exc:
-            reply = {"error": type(exc).__name__, "errno": getattr(exc, "errno", None),
-                     "message": str(exc)}
-        reply.update(t0=t0, t1=time.monotonic())
-        sys.stdout.write(json.dumps(reply, default=repr) + "\n")
-        sys.stdout.flush()
+    serve(agent_ops(sys.argv[1], json.loads(sys.argv[2])))
 
 
 if __name__ == "__main__":

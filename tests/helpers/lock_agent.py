@@ -135,10 +135,14 @@ def main() -> None:
         op_named = lockspace_ops(sys.argv[2] if len(sys.argv) > 2 else None)
     else:
         op_named = filelock_ops(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else None)
-    while True:
-        line = sys.stdin.buffer.readline()
-        if not line:
-            return
+    serve(op_named)
+
+
+def serve(op_named: Callable[[str], Callable[..., Any]]) -> None:
+    """Answer lwtest.Agent's commands (one JSON object a line: "op" and its
+    arguments) until stdin closes: the result or the error, with the times the
+    call began and ended."""
+    while line := sys.stdin.buffer.readline():
         command = json.loads(line)
         op = command.pop("op")
         t0 = time.monotonic()
@@ -147,9 +151,8 @@ def main() -> None:
         except Exception as exc:
             reply = {"error": type(exc).__name__, "errno": getattr(exc, "errno", None),
                      "message": str(exc)}
-        reply["t0"] = t0
-        reply["t1"] = time.monotonic()
-        sys.stdout.write(json.dumps(reply) + "\n")
+        reply.update(t0=t0, t1=time.monotonic())
+        sys.stdout.write(json.dumps(reply, default=repr) + "\n")
         sys.stdout.flush()
 
 
