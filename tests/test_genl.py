@@ -23,6 +23,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import pytest
+from lwnetns import drop_netns, make_netns
 from lwtest import BOUND, need
 
 from latchwire import genl, netlink
@@ -309,16 +310,11 @@ def test_every_truncation_of_a_real_reply_is_a_protocol_error_or_a_family() -> N
 @pytest.fixture(scope="module")
 def netns() -> Iterator[str]:
     """A fresh network namespace's name (``ip netns add``), deleted afterwards."""
-    need(os.geteuid() == 0 and IP is not None, "namespace tests need root and iproute2's ip")
-    assert IP is not None
-    name = f"lwtest-genl-{secrets.token_hex(4)}"
-    made = subprocess.run([IP, "netns", "add", name], capture_output=True, text=True,
-                          timeout=60, check=False)
-    need(made.returncode == 0, f"cannot create a network namespace: {made.stderr.strip()}")
+    ns = make_netns([], prefix="lwtest-genl")
     try:
-        yield name
+        yield ns.name
     finally:
-        subprocess.run([IP, "netns", "del", name], capture_output=True, timeout=60, check=False)
+        drop_netns(ns)
 
 
 def test_families_in_a_namespace_match_genl_there(netns: str) -> None:

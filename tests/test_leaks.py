@@ -28,20 +28,19 @@ from __future__ import annotations
 
 import gc
 import os
-import secrets
 import shutil
 import socket
 import struct
-import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from lwtest import WAIT, need
+from lwnetns import BASIC_SETUP, drop_netns, make_netns
+from lwtest import WAIT
 
-from latchwire import FileLock, LockBusy, LockSpace, Mutex, RWLock, netlink
+from latchwire import FileLock, LockBusy, LockSpace, Mutex, RWLock, netlink, rtnl
 from latchwire.netlink import Request, Socket
 
 BLOCKS_BOUND = 64
@@ -146,38 +145,33 @@ def test_mutex_rwlock_lockspace_cycles(tmp_path: Path) -> None:
 @pytest.fixture
 def netns() -> Iterator[str]:
     """A private namespace: veth0 up with 192.0.2.1/24 and ROUTES routes in table 100."""
-    need(os.geteuid() == 0 and IP is not None, "netlink leak tests need root and ip")
-    assert IP is not None
-    name = f"lwleak-{secrets.token_hex(4)}"
-    made = subprocess.run([IP, "netns", "add", name], capture_output=True, text=True,
-                          timeout=60, check=False)
-    need(made.returncode == 0, f"cannot create a network namespace: {made.stderr.strip()}")
+    ns = make_netns([*BASIC_SETUP, *(f"route add 10.2.{i >> 8}.{i & 255}/32 dev veth0 "
+                                     f"table {TABLE}" for i in range(ROUTES))],
+                    prefix="lwleak")
     try:
-        lines = ["link add veth0 type veth peer name veth1", "link set veth0 up",
-                 "link set veth1 up", "addr add 192.0.2.1/24 dev veth0"]
-        lines += [f"route add 10.2.{i >> 8}.{i & 255}/32 dev veth0 table {TABLE}"
-                  for i in range(ROUTES)]
-        subprocess.run([IP, "-n", name, "-batch", "-"], input="\n".join(lines) + "\n",
-                       text=True, check=True, timeout=60)
-        yield name
+        yield ns.name
     finally:
-        subprocess.run([IP, "netns", "del", name], capture_output=True, timeout=60,
-                       check=False)
+        drop_netns(ns)
 
 
 def test_netlink_dumps(netns: str) -> None:
-    """1,000 route dumps in a namespace: three of four read whole on a long-lived
-    socket; every fourth on a fresh socket, abandoned after its first message by a
-    transaction (copy-on-write moves it to a channel of its own) and closed."""
+    """1,000 route dumps in a namespace: half read whole on a long-lived socket, a
+    quarter decoded into records by a long-lived rtnl.Route, and every fourth on a
+    fresh socket, abandoned after its first message by a transaction (copy-on-write
+    moves it to a channel of its own) and closed."""
     routes = Request(netlink.RTM_GETROUTE, header=RTMSG.pack(socket.AF_INET, *[0] * 8))
     lo = Request(netlink.RTM_GETLINK, header=IFINFOMSG.pack(0, 0, 1, 0, 0))
     fds = usage().fds
     sock = Socket(netlink.NETLINK_ROUTE, netns=netns)
+    ip = rtnl.Route(netns)
     count = 0
 
     def cycle() -> None:
         nonlocal count
         count += 1
+        if count % 4 == 2:  # decoded into records by the compiled core
+            assert len(ip.routes(table=TABLE)) == ROUTES
+            return
         if count % 4:
             # Without strict checking the kernel dumps every table: count table 100's.
             assert sum(m.payload[4] == TABLE for m in sock.dump(routes, timeout=WAIT)) == ROUTES
@@ -192,4 +186,5 @@ def test_netlink_dumps(netns: str) -> None:
         assert_steady(cycle, 1_000)
     finally:
         sock.close()
+        ip.close()
     assert usage().fds == fds
