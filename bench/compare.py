@@ -301,6 +301,26 @@ class Timed:
     run: Callable[[int], float]
 
 
+def per_op_samples(contenders: Sequence[Timed], s: Settings, unit: float) -> list[list[float]]:
+    """Each contender's time per operation (times unit) in each of s.rounds interleaved
+    rounds, after calibrating it (and so warming it up) to batches of s.batch seconds."""
+    sizes = [calibrate(c.run, s.batch) for c in contenders]
+    return interleave(range(len(contenders)), s.rounds,
+                      lambda i: contenders[i].run(sizes[i]) / sizes[i] * unit)
+
+
+def per_op_rows(contenders: Sequence[Timed], s: Settings, unit: float,
+                rate: str | None = None) -> list[Row]:
+    """Each contender's row of per_op_samples(); with rate, a column of that name holding
+    operations per second (unit / median)."""
+    samples = per_op_samples(contenders, s, unit)
+    rows = [Row(c.name, c.role, per_op) for c, per_op in zip(contenders, samples, strict=True)]
+    if rate is not None:
+        for row in rows:
+            row.details[rate] = unit / row.median
+    return rows
+
+
 def pair_loop(acquire: Op, release: Op) -> Callable[[int], float]:
     def run(n: int) -> float:
         start = time.perf_counter()
@@ -419,11 +439,7 @@ def speed_sentence(latchwire_row: Row, peer: Row) -> str:
 def filelock_uncontended(s: Settings) -> Section:
     notes: list[str] = []
     with ExitStack() as stack:
-        contenders = list(uncontended_contenders(s.workdir, stack, notes))
-        sizes = {c.name: calibrate(c.run, s.batch) for c in contenders}
-        samples = interleave(contenders, s.rounds,
-                             lambda c: c.run(sizes[c.name]) / sizes[c.name] * 1e6)
-    rows = [Row(c.name, c.role, per_op) for c, per_op in zip(contenders, samples, strict=True)]
+        rows = per_op_rows(list(uncontended_contenders(s.workdir, stack, notes)), s, 1e6)
     floors = [r.name for r in rows if r.role == "floor"]
     section = Section("filelock", "uncontended acquire+release, one process", "µs/op", rows,
                       floors, notes=notes)
@@ -777,11 +793,7 @@ def round_robin_rows(s: Settings, contenders: Sequence[Timed], count: int) -> li
     if not s.quick:
         for c in contenders:
             c.run(count)
-    samples = per_op_samples(contenders, s, 1e6)
-    rows = [Row(c.name, c.role, per_op) for c, per_op in zip(contenders, samples, strict=True)]
-    for row in rows:
-        row.details["ops/s"] = 1e6 / row.median
-    return rows
+    return per_op_rows(contenders, s, 1e6, "ops/s")
 
 
 def warm_up(s: Settings, count: int) -> str:
@@ -937,14 +949,6 @@ def with_call_loop(enter: Callable[[], AbstractContextManager[object]]) -> Calla
                 pass
         return time.perf_counter() - start
     return run
-
-
-def per_op_samples(contenders: Sequence[Timed], s: Settings, unit: float) -> list[list[float]]:
-    """Each contender's time per operation (times unit) in each of s.rounds interleaved
-    rounds, after calibrating it (and so warming it up) to batches of s.batch seconds."""
-    sizes = [calibrate(c.run, s.batch) for c in contenders]
-    return interleave(range(len(contenders)), s.rounds,
-                      lambda i: contenders[i].run(sizes[i]) / sizes[i] * unit)
 
 
 def verdict(value: float, limit: float, at_most: bool) -> str:
@@ -1481,10 +1485,7 @@ def lookup_section(s: Settings, doms: latchwire.ObjectList[latchwire.Lockable],
               cycling([f"name-{i}" for i in picks], by(doms.find_by_name))),
         Timed("find_by_id + unlock", "latchwire", cycling(picks, by(doms.find_by_id))),
     ]
-    samples = per_op_samples(contenders, s, 1e9)
-    rows = [Row(c.name, c.role, per_op) for c, per_op in zip(contenders, samples, strict=True)]
-    for row in rows:
-        row.details["lookups/s"] = 1e9 / row.median
+    rows = per_op_rows(contenders, s, 1e9, "lookups/s")
     section = Section("objects", f"lookups, {count:,} objects", "ns/op", rows,
                       [DICT_LOCK_FLOOR], columns=["lookups/s"])
     add_guard(section, f"{FIND_UUID} / dict + threading.Lock",
@@ -1528,10 +1529,7 @@ def change_section(s: Settings, doms: latchwire.ObjectList[latchwire.Lockable],
 
     contenders = [Timed(DICT_CHANGE_FLOOR, "floor", cycling(extra, insert_delete)),
                   Timed(ADD_REMOVE, "latchwire", cycling(extra, add_remove))]
-    samples = per_op_samples(contenders, s, 1e9)
-    rows = [Row(c.name, c.role, per_op) for c, per_op in zip(contenders, samples, strict=True)]
-    for row in rows:
-        row.details["changes/s"] = 1e9 / row.median
+    rows = per_op_rows(contenders, s, 1e9, "changes/s")
     section = Section("objects", f"add+remove, {count:,} objects present", "ns/op", rows,
                       [DICT_CHANGE_FLOOR], columns=["changes/s"])
     section.failed = len(doms) != count
