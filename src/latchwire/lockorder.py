@@ -27,26 +27,14 @@ from __future__ import annotations
 import itertools
 import os
 import threading
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple
 
 from latchwire import _core
+from latchwire._core import _Held
 from latchwire.errors import LockOrderError
 
 __all__ = ["Order", "assert_held", "assert_none_held", "disable", "enable", "enabled",
            "forbid_nesting", "held", "orders", "reset"]
-
-
-class _Held(Protocol):
-    """What the compiled core says of a held lock."""
-
-    @property
-    def lock(self) -> Any: ...
-    @property
-    def cls(self) -> int: ...
-    @property
-    def read(self) -> bool: ...
-    @property
-    def site(self) -> str: ...
 
 
 class Order(NamedTuple):
