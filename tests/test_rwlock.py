@@ -21,6 +21,7 @@ from lwtest import (
     assert_on_time,
     here,
     interrupted_in_main,
+    poll_until,
     site,
     timeout_overshoots,
     wait_until_blocked,
@@ -398,11 +399,9 @@ def test_downgrade_lets_waiting_readers_in_and_keeps_writers_out() -> None:
     readers = [blocked_worker(read, thread_name=f"reader-{i}") for i in range(2)]
     try:
         rw.downgrade()
-        poll_deadline = time.monotonic() + BOUND
-        while len(rw.readers) < 3:
-            assert time.monotonic() < poll_deadline, f"the waiting readers stayed out: {rw.readers}"
-            assert not any(r.done.is_set() for r in readers), "a reader failed"
-            time.sleep(0.001)
+        poll_until(lambda: len(rw.readers) >= 3 or any(r.done.is_set() for r in readers),
+                   "the waiting readers are let in")
+        assert not any(r.done.is_set() for r in readers), "a reader failed"
         me = threading.get_ident()
         assert (me, site(line), 1) in rw.readers, rw.readers
         assert {r[0] for r in rw.readers} == {me, readers[0].ident, readers[1].ident}
