@@ -68,33 +68,27 @@ def test_off_by_default_and_on_with_the_environment(value: str | None, expected:
     assert done.stdout.strip() == expected
 
 
-def test_enable_disable_reset() -> None:
+def test_enable_disable_reset(checker: None) -> None:
     a, b = Mutex("toggle-a"), Mutex("toggle-b")
-    try:
-        lockorder.reset()
-        lockorder.enable()
-        assert lockorder.enabled() is True
-        with a, b:
-            pass
-        assert ("toggle-a", "toggle-b") in pairs()
-        lockorder.disable()
-        assert lockorder.enabled() is False
-        with b, a:  # off: not checked, not recorded
-            pass
-        assert ("toggle-b", "toggle-a") not in pairs()
-        assert ("toggle-a", "toggle-b") in pairs(), "disable() forgot what was learnt"
-        lockorder.enable()
-        with b, pytest.raises(LockOrderError):
-            a.acquire()
-        assert not a.locked()
-        lockorder.reset()
-        assert lockorder.orders() == []
-        with b, a:  # forgotten: this order is now the first one seen
-            pass
-        assert pairs() == {("toggle-b", "toggle-a")}
-    finally:
-        lockorder.disable()
-        lockorder.reset()
+    assert lockorder.enabled() is True
+    with a, b:
+        pass
+    assert ("toggle-a", "toggle-b") in pairs()
+    lockorder.disable()
+    assert lockorder.enabled() is False
+    with b, a:  # off: not checked, not recorded
+        pass
+    assert ("toggle-b", "toggle-a") not in pairs()
+    assert ("toggle-a", "toggle-b") in pairs(), "disable() forgot what was learnt"
+    lockorder.enable()
+    with b, pytest.raises(LockOrderError):
+        a.acquire()
+    assert not a.locked()
+    lockorder.reset()
+    assert lockorder.orders() == []
+    with b, a:  # forgotten: this order is now the first one seen
+        pass
+    assert pairs() == {("toggle-b", "toggle-a")}
 
 
 # ---------------------------------------------------------------------------
