@@ -1447,13 +1447,76 @@ def cycling(keys: Sequence[K], op: Callable[[K], object]) -> Callable[[int], flo
     return run
 
 
-def objects_sections(s: Settings, count: int) -> list[Section]:
-    """Over a list of count objects: lookups, and adding then removing one more."""
+# The workloads, shared with test_bench_objects.py.
+
+def object_list(count: int) -> latchwire.ObjectList[latchwire.Lockable]:
+    """A list of count objects: "uuid-I", "name-I", active with id I, unlocked."""
     doms: latchwire.ObjectList[latchwire.Lockable] = latchwire.ObjectList("bench")
     for i in range(count):
         obj = doms.add(latchwire.Lockable(f"uuid-{i}", f"name-{i}"))
         doms.activate(obj, i)
         obj.unlock()
+    return doms
+
+
+def picked(count: int) -> list[int]:
+    """The indexes of LOOKUP_KEYS of count objects picked at random (all, if fewer)."""
+    return random.Random(count).sample(range(count), min(count, LOOKUP_KEYS))
+
+
+def found(find: Callable[[K], latchwire.Lockable | None]) -> Callable[[K], None]:
+    """A lookup by find that must hand an object back locked; it is unlocked at once."""
+    def op(key: K) -> None:
+        obj = find(key)
+        assert obj is not None
+        obj.unlock()
+    return op
+
+
+def dict_and_lock(locks: dict[str, threading.Lock]) -> Callable[[str], None]:
+    """The lookup floor: look a threading.Lock up in locks, acquire it, release it."""
+    def op(key: str) -> None:
+        lock = locks[key]
+        lock.acquire()
+        lock.release()
+    return op
+
+
+def extra_objects() -> list[latchwire.Lockable]:
+    """CHANGED objects not in any list, their uuids and names unlike the list's."""
+    return [latchwire.Lockable(f"extra-uuid-{i}", f"extra-name-{i}") for i in range(CHANGED)]
+
+
+def add_remove(doms: latchwire.ObjectList[latchwire.Lockable]
+               ) -> Callable[[latchwire.Lockable], None]:
+    """add() (handed back locked), unlock, remove(): doms keeps its size."""
+    def op(obj: latchwire.Lockable) -> None:
+        doms.add(obj)
+        obj.unlock()
+        doms.remove(obj)
+    return op
+
+
+def insert_delete(count: int) -> Callable[[latchwire.Lockable], None]:
+    """The change floor: in two dicts of count entries (uuid, name), make an object's two
+    entries under a threading.Lock, then drop them under it again."""
+    lock = threading.Lock()
+    by_uuid: dict[Hashable, object] = {f"uuid-{i}": None for i in range(count)}
+    by_name: dict[str, object] = {f"name-{i}": None for i in range(count)}
+
+    def op(obj: latchwire.Lockable) -> None:
+        with lock:
+            by_uuid[obj.uuid] = obj
+            by_name[obj.name] = obj
+        with lock:
+            del by_uuid[obj.uuid]
+            del by_name[obj.name]
+    return op
+
+
+def objects_sections(s: Settings, count: int) -> list[Section]:
+    """Over a list of count objects: lookups, and adding then removing one more."""
+    doms = object_list(count)
     return [lookup_section(s, doms, count), change_section(s, doms, count)]
 
 
@@ -1461,29 +1524,16 @@ def lookup_section(s: Settings, doms: latchwire.ObjectList[latchwire.Lockable],
                    count: int) -> Section:
     """find_by_uuid/name/id (and the unlock) among count objects "uuid-I", "name-I" with
     id I, against dict + Lock floors."""
-    picks = random.Random(count).sample(range(count), min(count, LOOKUP_KEYS))
+    picks = picked(count)
     locks = {f"uuid-{i}": threading.Lock() for i in range(count)}  # as many as objects
-
-    def by(find: Callable[[K], latchwire.Lockable | None]) -> Callable[[K], None]:
-        def op(key: K) -> None:
-            obj = find(key)
-            assert obj is not None
-            obj.unlock()
-        return op
-
-    def dict_and_lock(key: str) -> None:
-        lock = locks[key]
-        lock.acquire()
-        lock.release()
-
     uuids = [f"uuid-{i}" for i in picks]
     contenders = [
         Timed(DICT_FLOOR, "floor", cycling(uuids, locks.__getitem__)),
-        Timed(DICT_LOCK_FLOOR, "floor", cycling(uuids, dict_and_lock)),
-        Timed(FIND_UUID, "latchwire", cycling(uuids, by(doms.find_by_uuid))),
+        Timed(DICT_LOCK_FLOOR, "floor", cycling(uuids, dict_and_lock(locks))),
+        Timed(FIND_UUID, "latchwire", cycling(uuids, found(doms.find_by_uuid))),
         Timed("find_by_name + unlock", "latchwire",
-              cycling([f"name-{i}" for i in picks], by(doms.find_by_name))),
-        Timed("find_by_id + unlock", "latchwire", cycling(picks, by(doms.find_by_id))),
+              cycling([f"name-{i}" for i in picks], found(doms.find_by_name))),
+        Timed("find_by_id + unlock", "latchwire", cycling(picks, found(doms.find_by_id))),
     ]
     rows = per_op_rows(contenders, s, 1e9, "lookups/s")
     section = Section("objects", f"lookups, {count:,} objects", "ns/op", rows,
@@ -1509,26 +1559,9 @@ def change_section(s: Settings, doms: latchwire.ObjectList[latchwire.Lockable],
                    count: int) -> Section:
     """add() (handed back locked), unlock, remove() of one more object among count, against
     the same two index entries made and dropped under a threading.Lock."""
-    extra = [latchwire.Lockable(f"extra-uuid-{i}", f"extra-name-{i}") for i in range(CHANGED)]
-    lock = threading.Lock()
-    by_uuid: dict[Hashable, latchwire.Lockable] = {f"uuid-{i}": extra[0] for i in range(count)}
-    by_name: dict[str, latchwire.Lockable] = {f"name-{i}": extra[0] for i in range(count)}
-
-    def add_remove(obj: latchwire.Lockable) -> None:
-        doms.add(obj)
-        obj.unlock()
-        doms.remove(obj)
-
-    def insert_delete(obj: latchwire.Lockable) -> None:
-        with lock:
-            by_uuid[obj.uuid] = obj
-            by_name[obj.name] = obj
-        with lock:
-            del by_uuid[obj.uuid]
-            del by_name[obj.name]
-
-    contenders = [Timed(DICT_CHANGE_FLOOR, "floor", cycling(extra, insert_delete)),
-                  Timed(ADD_REMOVE, "latchwire", cycling(extra, add_remove))]
+    extra = extra_objects()
+    contenders = [Timed(DICT_CHANGE_FLOOR, "floor", cycling(extra, insert_delete(count))),
+                  Timed(ADD_REMOVE, "latchwire", cycling(extra, add_remove(doms)))]
     rows = per_op_rows(contenders, s, 1e9, "changes/s")
     section = Section("objects", f"add+remove, {count:,} objects present", "ns/op", rows,
                       [DICT_CHANGE_FLOOR], columns=["changes/s"])
