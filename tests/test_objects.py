@@ -84,6 +84,18 @@ def lockable_elsewhere(obj: Lockable, read: bool = False) -> bool:
     return bool(elsewhere(attempt))
 
 
+def unlock_held_here(obj: Lockable) -> None:
+    """Check that the calling thread holds obj and no other can take it; unlock it; check
+    that another thread now can."""
+    try:
+        assert obj.held()
+        assert not elsewhere(obj.held)
+        assert not lockable_elsewhere(obj)
+    finally:
+        obj.unlock()
+    assert lockable_elsewhere(obj)
+
+
 class Holder:
     """Another thread that takes an object (take() locks it) and holds it until release()."""
 
@@ -252,13 +264,7 @@ def test_add_returns_the_object_locked_by_the_caller() -> None:
     doms: ObjectList[Domain] = ObjectList("doms")
     obj = Domain("u1", "one")
     assert doms.add(obj) is obj
-    try:
-        assert obj.held()
-        assert not elsewhere(obj.held)
-        assert not lockable_elsewhere(obj)
-    finally:
-        obj.unlock()
-    assert lockable_elsewhere(obj)
+    unlock_held_here(obj)
     assert len(doms) == 1
     assert doms.names() == ["one"]
     assert doms.list() == [obj]
@@ -302,13 +308,7 @@ def test_lookup_returns_object_locked_by_caller(kind: str) -> None:
     obj = make(doms, "u1", "one", id=5)
     found = find(doms, kind, obj)
     assert found is obj
-    try:
-        assert obj.held()
-        assert not elsewhere(obj.held)
-        assert not lockable_elsewhere(obj)
-    finally:
-        obj.unlock()
-    assert lockable_elsewhere(obj)
+    unlock_held_here(obj)
     with find(doms, kind, obj) as dom:
         assert dom is obj
         assert dom.held()
