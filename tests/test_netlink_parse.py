@@ -247,11 +247,12 @@ def test_typed_getters_decode_values() -> None:
 GETTERS: dict[str, tuple[Callable[[Attrs, int], Any], set[int]]] = {
     "u8": (Attrs.u8, {1}), "u16": (Attrs.u16, {2}), "u32": (Attrs.u32, {4}),
     "s32": (Attrs.s32, {4}), "u64": (Attrs.u64, {8}), "ip": (Attrs.ip, {4, 16}),
+    "mac": (Attrs.mac, set(range(33))),  # up to MAX_ADDR_LEN
 }
 
 
 @pytest.mark.parametrize("getter", list(GETTERS))
-@pytest.mark.parametrize("size", [0, 1, 2, 3, 4, 5, 6, 8, 12, 16, 17])
+@pytest.mark.parametrize("size", [0, 1, 2, 3, 4, 5, 6, 8, 12, 16, 17, 32, 33, 64])
 def test_typed_getter_of_the_wrong_size_is_refused(getter: str, size: int) -> None:
     """A typed getter on an attribute of another size raises ProtocolError instead of
     reading a part of it or past it."""

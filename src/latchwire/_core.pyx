@@ -49,7 +49,6 @@ from latchwire._linux cimport (F_OFD_SETLK, F_OFD_SETLKW, lw_futex_wait, lw_fute
 from latchwire._posix cimport O_NOFOLLOW, TIMER_ABSTIME, pthread_atfork, pthread_sigmask
 
 import os as _os
-import socket as _socket
 import weakref as _weakref
 
 from latchwire.errors import LockBusy, LockCancelled, LockTimeout

@@ -11,7 +11,8 @@
 # comes out whole; the GIL is released only while waiting for one.
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from libc.stdint cimport int32_t, uint16_t, uint32_t, uint64_t
+from cpython.unicode cimport PyUnicode_FromString
+from libc.stdint cimport int32_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcpy
 
 from latchwire._linux cimport (AF_NETLINK, CLONE_NEWNET, MSG_DONTWAIT, MSG_PEEK, MSG_TRUNC,
@@ -22,6 +23,7 @@ from latchwire._linux cimport (AF_NETLINK, CLONE_NEWNET, MSG_DONTWAIT, MSG_PEEK,
                                getsockname, msghdr, poll, pollfd, recv, recvmsg, send, setns,
                                setsockopt, sockaddr, sockaddr_nl, socket, socklen_t)
 from posix.uio cimport iovec
+from latchwire._posix cimport inet_ntop
 from latchwire.errors import Overrun, ProtocolError
 
 cdef enum:
@@ -29,6 +31,9 @@ cdef enum:
     NLA_HDRLEN = 4
     NLA_TYPE_MASK = 0x3fff          # ~(NLA_F_NESTED | NLA_F_NET_BYTEORDER)
     NL_PEEK_BUFFER = 65536          # datagrams up to this size take one copy
+    AF_INET_ = 2
+    AF_INET6_ = 10
+    LW_HWADDR_SIZE = 32             # MAX_ADDR_LEN
     NLMSG_NOOP_ = 1
     NLMSG_ERROR_ = 2
     NLMSG_DONE_ = 3
@@ -219,21 +224,29 @@ cdef class _Channel:
             elif rc < 0:
                 raise _oserror(err)
 
-    # Consume the datagram _peek saw (n bytes): as bytes, or, with whole false
-    # and n within self.peek, just drop it from the socket (None: read self.peek).
-    cdef bytes _take(self, Py_ssize_t n, bint whole):
-        cdef bytes data = None
-        cdef char *buf = NULL
+    # Drop the datagram _peek saw from the socket, whatever its size, copying nothing.
+    cdef int _drop(self) except -1:
+        cdef ssize_t got
+        with nogil:
+            got = recv(self.fd, NULL, 0, MSG_TRUNC | MSG_DONTWAIT)
+        if got < 0:
+            raise _oserror(errno)
+        return 0
+
+    # Consume the datagram _peek saw (n bytes) as bytes: copied from self.peek
+    # when it fits there, else read whole into a bytes object of its size.
+    cdef bytes _take(self, Py_ssize_t n):
+        cdef bytes data
         cdef char *peeked = self.peek
         cdef ssize_t got
         if n <= NL_PEEK_BUFFER:
-            if whole:
-                data = PyBytes_FromStringAndSize(peeked, n)
-        else:
-            data = PyBytes_FromStringAndSize(NULL, n)
-            buf = PyBytes_AS_STRING(data)
+            data = PyBytes_FromStringAndSize(peeked, n)
+            self._drop()
+            return data
+        data = PyBytes_FromStringAndSize(NULL, n)
+        cdef char *buf = PyBytes_AS_STRING(data)
         with nogil:
-            got = recv(self.fd, buf, n if buf != NULL else 0, MSG_TRUNC | MSG_DONTWAIT)
+            got = recv(self.fd, buf, n, MSG_DONTWAIT)
         if got < 0:
             raise _oserror(errno)
         return data
@@ -246,7 +259,15 @@ cdef class _Channel:
         the socket stays usable. A signal handler's exception ends a wait.
         """
         cdef Py_ssize_t n = self._peek(timeout)
-        return None if n < 0 else self._take(n, True)
+        return None if n < 0 else self._take(n)
+
+    def discard(self, timeout=None):
+        """Drop the next datagram unread (nothing is copied); False if none came
+        within timeout. Overrun as recv()."""
+        if self._peek(timeout) < 0:
+            return False
+        self._drop()
+        return True
 
     def recv_into(self, list out not None, timeout=None, seq=None, bint decode=True):
         """Receive the next datagram and append its contents to out: the
@@ -259,16 +280,17 @@ cdef class _Channel:
         NLMSG_DONE carrying an error, which ends the datagram's walk.
         """
         cdef Py_ssize_t n = self._peek(timeout)
+        cdef long long want = -1 if seq is None else <unsigned int>seq
         cdef bytes data
         cdef char *peeked = self.peek
         if n < 0:
             return None
-        data = self._take(n, not decode)
-        if data is None:
-            return lw_walk(<const unsigned char *>peeked, n, None,
-                           -1 if seq is None else <unsigned int>seq, self.pid, decode, out)
-        return lw_walk(<const unsigned char *>PyBytes_AS_STRING(data), n, data,
-                       -1 if seq is None else <unsigned int>seq, self.pid, decode, out)
+        if decode and n <= NL_PEEK_BUFFER:     # records own no bytes: decode in place
+            self._drop()
+            return lw_walk(<const unsigned char *>peeked, n, None, want, self.pid, decode, out)
+        data = self._take(n)
+        return lw_walk(<const unsigned char *>PyBytes_AS_STRING(data), n, data, want, self.pid,
+                       decode, out)
 
 
 # ---------------------------------------------------------------------------
@@ -412,26 +434,63 @@ cdef class Message:
                                 self.start, self.end)
 
 
+# The next attribute of p[*off:end]: 1 with its type and value span, 0 at the
+# end; ProtocolError if the attribute header or length does not fit.
+cdef inline int lw_next_attr(const unsigned char *p, Py_ssize_t *off, Py_ssize_t end,
+                             int *atype, Py_ssize_t *vstart, Py_ssize_t *vlen) except -1:
+    cdef Py_ssize_t at = off[0]
+    cdef uint16_t length
+    if at >= end:
+        return 0
+    if end - at < NLA_HDRLEN:
+        raise ProtocolError(f"truncated attribute header: {end - at} bytes at offset {at}")
+    length = rd16(p + at)
+    if length < NLA_HDRLEN or length > end - at:
+        raise ProtocolError(f"attribute length {length} at offset {at} does not fit the "
+                            f"{end - at} bytes left")
+    atype[0] = rd16(p + at + 2) & NLA_TYPE_MASK
+    vstart[0] = at + NLA_HDRLEN
+    vlen[0] = length - NLA_HDRLEN
+    off[0] = at + nl_align(length)
+    return 1
+
+
+# An address of family (AF_INET: 4 bytes, else 16) as text.
+cdef object lw_ip_text(int family, const uint8_t *a):
+    cdef char text[48]
+    if inet_ntop(family, a, text, sizeof(text)) == NULL:
+        raise ProtocolError(f"address of family {family} cannot be shown")
+    return PyUnicode_FromString(text)
+
+
+# A link-layer address of n bytes (at most LW_HWADDR_SIZE) as aa:bb:...; "" for none.
+cdef object lw_hw_text(const uint8_t *a, int n):
+    cdef char text[3 * LW_HWADDR_SIZE]
+    cdef const char *digits = b"0123456789abcdef"
+    cdef int i
+    if n == 0:
+        return ""
+    for i in range(n):
+        text[3 * i] = digits[a[i] >> 4]
+        text[3 * i + 1] = digits[a[i] & 15]
+        text[3 * i + 2] = b":"
+    text[3 * n - 1] = 0
+    return PyUnicode_FromString(text)
+
+
 # The attributes of buf[start:end], checked and indexed.
 cdef Attrs _attrs(bytes buf, Py_ssize_t start, Py_ssize_t end):
     cdef const unsigned char *p = <const unsigned char *>PyBytes_AS_STRING(buf)
-    cdef Py_ssize_t off = start
-    cdef uint16_t length
+    cdef Py_ssize_t off = start, vstart, vlen
+    cdef int atype
     cdef Attrs attrs = Attrs.__new__(Attrs)
     attrs.buf = buf
     attrs.spans = []
     attrs.index = {}
-    while off < end:
-        if end - off < NLA_HDRLEN:
-            raise ProtocolError(f"truncated attribute header: {end - off} bytes at offset {off}")
-        length = rd16(p + off)
-        if length < NLA_HDRLEN or length > end - off:
-            raise ProtocolError(f"attribute length {length} at offset {off} does not fit the "
-                                f"{end - off} bytes left")
-        span = (rd16(p + off + 2) & NLA_TYPE_MASK, off + NLA_HDRLEN, off + length)
+    while lw_next_attr(p, &off, end, &atype, &vstart, &vlen):
+        span = (atype, vstart, vstart + vlen)
         attrs.spans.append(span)
-        attrs.index[span[0]] = span
-        off += nl_align(length)
+        attrs.index[atype] = span
     return attrs
 
 
@@ -514,16 +573,21 @@ cdef class Attrs:
 
     def ip(self, int t):
         """An IPv4 or IPv6 address attribute, as text."""
-        cdef bytes value = self[t]
-        if len(value) == 4:
-            return _socket.inet_ntop(_socket.AF_INET, value)
-        if len(value) == 16:
-            return _socket.inet_ntop(_socket.AF_INET6, value)
-        raise ProtocolError(f"attribute {t} has {len(value)} bytes: no IP address")
+        cdef tuple span = self._span(t)
+        cdef Py_ssize_t size = <Py_ssize_t>span[2] - <Py_ssize_t>span[1]
+        if size != 4 and size != 16:
+            raise ProtocolError(f"attribute {t} has {size} bytes: no IP address")
+        return lw_ip_text(AF_INET_ if size == 4 else AF_INET6_,
+                          <const uint8_t *>PyBytes_AS_STRING(self.buf) + <Py_ssize_t>span[1])
 
     def mac(self, int t):
-        """A link-layer address attribute as aa:bb:cc:..."""
-        return ":".join(f"{b:02x}" for b in self[t])
+        """A link-layer address attribute as aa:bb:cc:... (at most 32 bytes, MAX_ADDR_LEN)."""
+        cdef tuple span = self._span(t)
+        cdef Py_ssize_t size = <Py_ssize_t>span[2] - <Py_ssize_t>span[1]
+        if size > LW_HWADDR_SIZE:
+            raise ProtocolError(f"attribute {t} has {size} bytes: no link-layer address")
+        return lw_hw_text(<const uint8_t *>PyBytes_AS_STRING(self.buf) + <Py_ssize_t>span[1],
+                          <int>size)
 
     def nested(self, int t):
         """The attributes nested in attribute t."""

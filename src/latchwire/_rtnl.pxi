@@ -8,18 +8,13 @@
 # room for its NUL, a nested list that overruns its attribute, all raise
 # ProtocolError.
 
-from cpython.unicode cimport PyUnicode_FromString
 from latchwire._cpython cimport PyUnicode_DecodeFSDefault
-from libc.stdint cimport uint8_t
 from libc.string cimport memcmp
-from latchwire._posix cimport inet_ntop, strnlen
+from latchwire._posix cimport strnlen
 
 cdef enum:
-    AF_INET_ = 2
-    AF_INET6_ = 10
     IFNAMSIZ_ = 16
     LW_KIND_SIZE = 32           # link kinds and qdisc names ("veth", "fq_codel")
-    LW_HWADDR_SIZE = 32         # MAX_ADDR_LEN
     LW_STATS = 25               # the u64 counters of struct rtnl_link_stats64
 
     # linux/rtnetlink.h
@@ -36,27 +31,6 @@ cdef enum:
 
 # ---------------------------------------------------------------------------
 # Walking attributes
-
-# The next attribute of p[*off:end]: 1 with its type and value span, 0 at the
-# end; ProtocolError if the attribute header or length does not fit.
-cdef inline int lw_next_attr(const unsigned char *p, Py_ssize_t *off, Py_ssize_t end,
-                             int *atype, Py_ssize_t *vstart, Py_ssize_t *vlen) except -1:
-    cdef Py_ssize_t at = off[0]
-    cdef uint16_t length
-    if at >= end:
-        return 0
-    if end - at < NLA_HDRLEN:
-        raise ProtocolError(f"truncated attribute header: {end - at} bytes at offset {at}")
-    length = rd16(p + at)
-    if length < NLA_HDRLEN or length > end - at:
-        raise ProtocolError(f"attribute length {length} at offset {at} does not fit the "
-                            f"{end - at} bytes left")
-    atype[0] = rd16(p + at + 2) & NLA_TYPE_MASK
-    vstart[0] = at + NLA_HDRLEN
-    vlen[0] = length - NLA_HDRLEN
-    off[0] = at + nl_align(length)
-    return 1
-
 
 cdef int lw_need_size(int atype, Py_ssize_t vlen, Py_ssize_t size) except -1:
     if vlen != size:
@@ -95,27 +69,6 @@ cdef int lw_copy_hwaddr(uint8_t *dst, uint8_t *dlen, const unsigned char *v,
 
 # ---------------------------------------------------------------------------
 # Text of fields
-
-cdef object lw_ip_text(int family, const uint8_t *a):
-    cdef char text[48]
-    if inet_ntop(family, a, text, sizeof(text)) == NULL:
-        raise ProtocolError(f"address of family {family} cannot be shown")
-    return PyUnicode_FromString(text)
-
-
-cdef object lw_hw_text(const uint8_t *a, int n):
-    cdef char text[3 * LW_HWADDR_SIZE]
-    cdef const char *digits = b"0123456789abcdef"
-    cdef int i
-    if n == 0:
-        return ""
-    for i in range(n):
-        text[3 * i] = digits[a[i] >> 4]
-        text[3 * i + 1] = digits[a[i] & 15]
-        text[3 * i + 2] = b":"
-    text[3 * n - 1] = 0
-    return PyUnicode_FromString(text)
-
 
 # A name (link, label, kind) as os.fsdecode reads it: the kernel takes any
 # bytes but '/', ':' and blanks, so undecodable bytes become surrogates.
