@@ -12,14 +12,18 @@ quote, with the contenders interleaved and the ratios worked out, use
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from typing import Any
+from pathlib import Path
 
 import pytest
 
 import latchwire
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from compare import RWL_VARIANTS  # as compare.py does
 
 Benchmark = Callable[[Callable[[], object]], object]
 Op = Callable[[], object]
@@ -76,69 +80,33 @@ def test_latchwire_mutex(benchmark: Benchmark, form: str) -> None:
     assert not lock.locked()
 
 
-def test_latchwire_rwlock_read(benchmark: Benchmark, form: str) -> None:
+SIDES = ("read", "write")
+
+
+@pytest.mark.parametrize("side", SIDES)
+def test_latchwire_rwlock(benchmark: Benchmark, form: str, side: str) -> None:
     rw = latchwire.RWLock("bench.rwlock")
-    benchmark(pick(form, rw.acquire_read, rw.release_read, rw.read))
+    benchmark(pick(form, getattr(rw, f"acquire_{side}"), getattr(rw, f"release_{side}"),
+                   getattr(rw, side)))
     assert not rw.readers
-
-
-def test_latchwire_rwlock_write(benchmark: Benchmark, form: str) -> None:
-    rw = latchwire.RWLock("bench.rwlock")
-    benchmark(pick(form, rw.acquire_write, rw.release_write, rw.write))
     assert rw.writer is None
 
 
-def readerwriterlock(variant: str) -> Any:
-    """A new lock of readerwriterlock's class variant (skips if not installed)."""
+@pytest.mark.parametrize("side", SIDES)
+@pytest.mark.parametrize("variant", RWL_VARIANTS)
+def test_readerwriterlock(benchmark: Benchmark, form: str, variant: str, side: str) -> None:
+    """One of the gen_rlock()/gen_wlock() objects of readerwriterlock's class variant."""
     rwlock = pytest.importorskip("readerwriterlock.rwlock")
-    return getattr(rwlock, variant)()
+    made = getattr(rwlock, variant)()
+    lock = made.gen_rlock() if side == "read" else made.gen_wlock()
+    benchmark(pick(form, lock.acquire, lock.release, as_is(lock)))
+    assert not lock.locked()
 
 
-def test_readerwriterlock_read_preferring_read(benchmark: Benchmark, form: str) -> None:
-    reader = readerwriterlock("RWLockRead").gen_rlock()
-    benchmark(pick(form, reader.acquire, reader.release, as_is(reader)))
-    assert not reader.locked()
-
-
-def test_readerwriterlock_read_preferring_write(benchmark: Benchmark, form: str) -> None:
-    writer = readerwriterlock("RWLockRead").gen_wlock()
-    benchmark(pick(form, writer.acquire, writer.release, as_is(writer)))
-    assert not writer.locked()
-
-
-def test_readerwriterlock_write_preferring_read(benchmark: Benchmark, form: str) -> None:
-    reader = readerwriterlock("RWLockWrite").gen_rlock()
-    benchmark(pick(form, reader.acquire, reader.release, as_is(reader)))
-    assert not reader.locked()
-
-
-def test_readerwriterlock_write_preferring_write(benchmark: Benchmark, form: str) -> None:
-    writer = readerwriterlock("RWLockWrite").gen_wlock()
-    benchmark(pick(form, writer.acquire, writer.release, as_is(writer)))
-    assert not writer.locked()
-
-
-def test_readerwriterlock_fair_read(benchmark: Benchmark, form: str) -> None:
-    reader = readerwriterlock("RWLockFair").gen_rlock()
-    benchmark(pick(form, reader.acquire, reader.release, as_is(reader)))
-    assert not reader.locked()
-
-
-def test_readerwriterlock_fair_write(benchmark: Benchmark, form: str) -> None:
-    writer = readerwriterlock("RWLockFair").gen_wlock()
-    benchmark(pick(form, writer.acquire, writer.release, as_is(writer)))
-    assert not writer.locked()
-
-
-def test_fasteners_read(benchmark: Benchmark, form: str) -> None:
+@pytest.mark.parametrize("side", SIDES)
+def test_fasteners(benchmark: Benchmark, form: str, side: str) -> None:
     fasteners = pytest.importorskip("fasteners")
     rw = fasteners.ReaderWriterLock()
-    benchmark(pick(form, rw.acquire_read_lock, rw.release_read_lock, rw.read_lock))
-    assert rw.owner is None
-
-
-def test_fasteners_write(benchmark: Benchmark, form: str) -> None:
-    fasteners = pytest.importorskip("fasteners")
-    rw = fasteners.ReaderWriterLock()
-    benchmark(pick(form, rw.acquire_write_lock, rw.release_write_lock, rw.write_lock))
+    benchmark(pick(form, getattr(rw, f"acquire_{side}_lock"), getattr(rw, f"release_{side}_lock"),
+                   getattr(rw, f"{side}_lock")))
     assert rw.owner is None
