@@ -19,7 +19,7 @@ import errno
 import ipaddress
 import socket
 import struct
-from collections.abc import AsyncGenerator, Generator, Iterable, Sequence
+from collections.abc import AsyncGenerator, Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import cast
@@ -175,6 +175,18 @@ class Route:
         dump = self._sock.dump(request, retries=_RETRIES, timeout=self.timeout, decode=True)
         return dump.all(), dump.filtered
 
+    def _dump_families(self, family: int | None, request: Callable[[int], Request]
+                       ) -> tuple[list[Record], bool]:
+        """_dump of request(fam) for each family asked for (both for None), the
+        records one after the other; filtered if the kernel filtered every dump."""
+        records: list[Record] = []
+        filtered = True
+        for fam in _family_of(family):
+            more, more_filtered = self._dump(request(fam))
+            records += more
+            filtered = filtered and more_filtered
+        return records, filtered
+
     def links(self) -> list[Link]:
         """Every link."""
         records, _ = self._dump(Request(RTM_GETLINK, header=_IFINFOMSG.pack(0, 0, 0, 0, 0)))
@@ -198,11 +210,9 @@ class Route:
 
     def addresses(self, family: int | None = None) -> list[Address]:
         """Every address of family (AF_INET, AF_INET6, or None for both)."""
-        out: list[Address] = []
-        for fam in _family_of(family):
-            records, _ = self._dump(Request(RTM_GETADDR, header=_IFADDRMSG.pack(fam, 0, 0, 0, 0)))
-            out += cast(list[Address], records)
-        return out
+        records, _ = self._dump_families(
+            family, lambda fam: Request(RTM_GETADDR, header=_IFADDRMSG.pack(fam, 0, 0, 0, 0)))
+        return cast(list[Address], records)
 
     def routes(self, family: int | None = AF_INET, table: int | str | None = None
                ) -> list[RouteEntry]:
@@ -216,24 +226,20 @@ class Route:
             table_id = table
         else:
             raise ValueError(f"table must be None, 'all' or a table number, not {table!r}")
-        out: list[RouteEntry] = []
-        for fam in _family_of(family):
-            header = _RTMSG.pack(fam, 0, 0, 0, table_id if table_id < 256 else 0, 0, 0, 0, 0)
-            attrs = attr(RTA_TABLE, u32(table_id)) if table_id else b""
-            records, filtered = self._dump(Request(RTM_GETROUTE, header=header, attrs=attrs))
-            routes = cast(list[RouteEntry], records)
-            if table_id and not filtered:  # a kernel that does not filter dumps by table
-                routes = [r for r in routes if r.table == table_id]
-            out = routes if not out else out + routes
-        return out
+        attrs = attr(RTA_TABLE, u32(table_id)) if table_id else b""
+        records, filtered = self._dump_families(family, lambda fam: Request(
+            RTM_GETROUTE, header=_RTMSG.pack(fam, 0, 0, 0, table_id if table_id < 256 else 0,
+                                             0, 0, 0, 0), attrs=attrs))
+        routes = cast(list[RouteEntry], records)
+        if table_id and not filtered:  # a kernel that does not filter dumps by table
+            routes = [r for r in routes if r.table == table_id]
+        return routes
 
     def neighbours(self, family: int | None = None) -> list[Neighbour]:
         """Every neighbour (ARP and NDP) entry of family (None for both)."""
-        out: list[Neighbour] = []
-        for fam in _family_of(family):
-            records, _ = self._dump(Request(RTM_GETNEIGH, header=_NDMSG.pack(fam, 0, 0, 0, 0)))
-            out += cast(list[Neighbour], records)
-        return out
+        records, _ = self._dump_families(
+            family, lambda fam: Request(RTM_GETNEIGH, header=_NDMSG.pack(fam, 0, 0, 0, 0)))
+        return cast(list[Neighbour], records)
 
     # -- changes -------------------------------------------------------------
 
