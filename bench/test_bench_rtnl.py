@@ -30,6 +30,7 @@ import pytest
 from latchwire import rtnl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "helpers"))
 from compare import (  # as compare.py does
     BASE_LINKS,
     LINKS_REQUEST,
@@ -43,6 +44,7 @@ from compare import (  # as compare.py does
     recv_floor,
     rtnl_floor_socket,
 )
+from lwtest import need
 
 ROUTES = 10_000
 LINKS = 2 * VETH_PAIRS + BASE_LINKS
@@ -51,18 +53,21 @@ ROUTE_MESSAGE = 52  # bytes of one 10.X.Y.Z/32 route message: nlmsghdr, rtmsg, a
 T = TypeVar("T")
 Benchmark = Callable[[Callable[[], T]], T]  # pytest-benchmark's fixture: runs and returns
 
-pytestmark = [
-    pytest.mark.kernel,
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root: makes network namespaces"),
-    pytest.mark.skipif(shutil.which("ip") is None, reason="needs iproute2's `ip` command"),
-]
+pytestmark = pytest.mark.kernel
 routes_group = pytest.mark.benchmark(group=f"rtnl route dump, {ROUTES:,} routes")
 links_group = pytest.mark.benchmark(group=f"rtnl link dump, {LINKS:,} links")
+
+
+def need_netns() -> None:
+    """Root and iproute2's ip, to make a namespace (skips, or fails where CI requires it)."""
+    need(os.geteuid() == 0, "needs root: makes network namespaces")
+    need(shutil.which("ip") is not None, "needs iproute2's `ip` command")
 
 
 @pytest.fixture(scope="module")
 def routes_netns(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A namespace with ROUTES routes in table RTNL_TABLE (compare.py's setup)."""
+    need_netns()
     with bench_netns() as name:
         load_routes(name, 0, ROUTES, tmp_path_factory.mktemp("routes"), RTNL_TABLE)
         yield name
@@ -71,6 +76,7 @@ def routes_netns(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def links_netns(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A namespace with VETH_PAIRS veth pairs beside its own (compare.py's setup)."""
+    need_netns()
     with bench_netns() as name:
         load_veths(name, VETH_PAIRS, tmp_path_factory.mktemp("links"))
         yield name
