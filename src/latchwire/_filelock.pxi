@@ -334,14 +334,14 @@ cdef class _LockFile:
             Py_INCREF(self)     # a held record (and its holders) outlives every reference
         self.holders.append(h)
         h.hold = mode
+        h.site_code = _caller_code(&h.site_lasti)
         if detached:
             h.thread = h.serial = 0
         else:
             h.thread = PyThread_get_thread_ident()
             h.serial = lw_thread_serial()
             if lw_lockdep:
-                h.ld_stack = _ld_push(h, h._checker_class(), False)
-        h.site_code = _caller_code(&h.site_lasti)
+                h.ld_stack = _ld_push(h, h._checker_class(), False, h.site_code, h.site_lasti)
         return 0
 
     # h no longer holds: off its thread's held list, if the checker put it on one.

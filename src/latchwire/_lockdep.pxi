@@ -107,15 +107,17 @@ cdef int _ld_check(object lock, int cls, bint read, bint recursive_read_hazard) 
     return 0
 
 
-# Record that the calling thread now holds lock; the list it went on, for
-# _ld_pop (which may run in another thread, as a FileLock's release may).
-cdef list _ld_push(object lock, int cls, bint read):
+# Record that the calling thread now holds lock, taken at code/lasti (the
+# site its caller already found); the list it went on, for _ld_pop (which may
+# run in another thread, as a FileLock's release may).
+cdef list _ld_push(object lock, int cls, bint read, object code, int lasti):
     cdef list stack = _ld_stack()
     cdef _Held held = _Held.__new__(_Held)
     held.lock = lock
     held.cls = cls
     held.read = read
-    held.code = _caller_code(&held.lasti)
+    held.code = code
+    held.lasti = lasti
     stack.append(held)
     return stack
 

@@ -101,7 +101,8 @@ cdef class Mutex:
         self.owner_ident = PyThread_get_thread_ident()
         self.site_code = _caller_code(&self.site_lasti)
         if lw_lockdep:
-            self.ld_stack = _ld_push(self, self._checker_class(), False)
+            self.ld_stack = _ld_push(self, self._checker_class(), False, self.site_code,
+                                     self.site_lasti)
         return True
 
     def release(self):
@@ -283,7 +284,8 @@ cdef class RWLock:
         reader.ident = PyThread_get_thread_ident()
         reader.code = _caller_code(&reader.lasti)
         if lw_lockdep:
-            reader.ld_stack = _ld_push(self, self._checker_class(), True)
+            reader.ld_stack = _ld_push(self, self._checker_class(), True, reader.code,
+                                       reader.lasti)
         return True
 
     cdef bint _acquire_write(self, bint blocking, double deadline) except -1:
@@ -316,7 +318,8 @@ cdef class RWLock:
         self.writer_ident = PyThread_get_thread_ident()
         self.site_code = _caller_code(&self.site_lasti)
         if lw_lockdep:
-            self.ld_stack = _ld_push(self, self._checker_class(), False)
+            self.ld_stack = _ld_push(self, self._checker_class(), False, self.site_code,
+                                     self.site_lasti)
         return True
 
     cdef int _release_read(self) except -1:

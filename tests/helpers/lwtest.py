@@ -431,10 +431,9 @@ def wait_until_blocked(tid: int, returned: threading.Event, timeout: float = BOU
     The wait is ``futex_word(tid, sem_wait)``, seen on the same word on 3 polls in
     a row (1 ms apart), so a brief pthread-mutex wait inside the interpreter does
     not count. Stricter than ``wait_in_futex``, and for any thread (the main one
-    too), not only a Worker. Skips where the futex syscall number is unknown.
+    too), not only a Worker. Needs a known futex syscall number (need()).
     """
-    if platform.machine() not in _FUTEX:
-        pytest.skip(f"futex syscall number unknown on {platform.machine()}")
+    need(platform.machine() in _FUTEX, f"futex syscall number unknown on {platform.machine()}")
     deadline = time.monotonic() + timeout
     last, streak = None, 0
     while streak < 3:
