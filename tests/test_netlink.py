@@ -765,8 +765,8 @@ def test_signal_during_blocking_recv_loses_nothing(ns: Netns, timeout: float | N
     afterwards, and if it raises, recv() ends with that exception and the next recv()
     returns the notification. Nothing is lost either way."""
     need(platform.machine() in _BLOCKING, f"syscall numbers unknown on {platform.machine()}")
-    if threading.current_thread() is not threading.main_thread():
-        pytest.skip("signals go to the main thread only")
+    need(threading.current_thread() is threading.main_thread(),
+         "signals go to the main thread only, and this test runs in another")
     handled = threading.Event()
     returned = threading.Event()
     may_send = threading.Event()

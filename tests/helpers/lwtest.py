@@ -457,8 +457,8 @@ def interrupted_in_main(call: Callable[[], Any], give_up: Callable[[], None],
     outside the main thread (signals go to the main thread only); fails unless
     at least one SIGINT was sent.
     """
-    if threading.current_thread() is not threading.main_thread():
-        pytest.skip("signals go to the main thread only")
+    need(threading.current_thread() is threading.main_thread(),
+         "signals go to the main thread only, and this test runs in another")
     main_tid, main_ident = threading.get_native_id(), threading.get_ident()
     returned = threading.Event()
     line = [0]
