@@ -38,6 +38,7 @@ from lwtest import (
     WATCHDOG,
     OtherProcess,
     Worker,
+    assert_on_time,
     in_futex_wait,
     kernel_waiters,
     new_lock,
@@ -119,13 +120,11 @@ def _timeout_overshoots(lock: FileLock, timeout: float, rounds: int) -> list[flo
 
 def _assert_timely(overshoots: list[float], timeout: float) -> None:
     """No early return; median overshoot within TIMEOUT_SLACK, worst within TIMEOUT_WORST."""
-    worst, best = max(overshoots), min(overshoots)
-    median = statistics.median(overshoots)
+    best = min(overshoots)
     report = ", ".join(f"{o * 1000:+.2f}" for o in overshoots)
     print(f"timeout={timeout}: overshoot ms {report}")
     assert best >= 0, f"returned {-best * 1000:.2f} ms before the timeout ({report} ms)"
-    assert median <= TIMEOUT_SLACK, f"median {median * 1000:.2f} ms after the timeout ({report} ms)"
-    assert worst <= TIMEOUT_WORST, f"returned {worst * 1000:.2f} ms after the timeout ({report} ms)"
+    assert_on_time(overshoots, median=TIMEOUT_SLACK, worst=TIMEOUT_WORST)
 
 
 # ---------------------------------------------------------------------------
