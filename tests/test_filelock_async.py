@@ -38,11 +38,16 @@ async def until(condition: Callable[[], bool], what: str, timeout: float = BOUND
         await asyncio.sleep(0.001)
 
 
-async def settle() -> None:
-    """Let every acquire_async helper thread finish and the loop run what they handed it."""
+def join_helpers() -> None:
+    """Wait until every acquire_async helper thread has ended; fail after BOUND."""
     for thread in helper_threads():
         thread.join(BOUND)
         assert not thread.is_alive(), "an acquire_async helper thread is still waiting"
+
+
+async def settle() -> None:
+    """Let every acquire_async helper thread finish and the loop run what they handed it."""
+    join_helpers()
     for _ in range(3):
         await asyncio.sleep(0)
 
@@ -219,8 +224,7 @@ def test_cancel_after_grant_reached_loop_does_not_leak(lockfile: str,
         task = asyncio.ensure_future(lock.acquire_async())
         await until(lambda: kernel_waiters(lockfile) > 0, "the acquire waits in the kernel")
         other.unlock()
-        for thread in helper_threads():  # granted; the result is on its way to the loop
-            thread.join(BOUND)
+        join_helpers()  # granted; the result is on its way to the loop
         await asyncio.sleep(0)  # the loop takes the result in; the task has not resumed yet
         task.cancel()
         try:
@@ -326,8 +330,7 @@ def test_cancel_racing_release_then_loop_closes_never_leaks(lockfile: str,
     try:
         for i in range(30):
             outcome = asyncio.run(_acquire_cancelled_at_release(lock, lockfile, other, i % 5))
-            for thread in helper_threads():
-                thread.join(BOUND)
+            join_helpers()
             if outcome == "acquired":
                 assert lock.locked
                 lock.release()
