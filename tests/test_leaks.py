@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import gc
 import os
-import shutil
 import socket
 import struct
 import sys
@@ -47,7 +46,6 @@ BLOCKS_BOUND = 64
 RSS_BOUND = 256 * 1024
 PAGE = os.sysconf("SC_PAGE_SIZE")
 PYMALLOC = sys.getallocatedblocks() > 0  # False under PYTHONMALLOC=malloc
-IP = shutil.which("ip")
 ROUTES = 500  # in the namespace's table 100: a route dump of two datagrams
 TABLE = 100
 RTMSG = struct.Struct("=BBBBBBBBI")
