@@ -46,6 +46,10 @@ from latchwire._cpython cimport (PyCodeObject, PyErr_CheckSignals, PyEval_GetFra
                                  lw_frame_code, lw_frame_lasti)
 from latchwire._linux cimport (F_OFD_SETLK, F_OFD_SETLKW, lw_futex_wait, lw_futex_wake,
                                lw_gettid, lw_sigev_to_thread, lw_thread_serial)
+from latchwire._sync cimport (lw_add_i, lw_cas_ul, lw_futex_wake_n, lw_inc_u, lw_load_i,
+                              lw_load_u, lw_load_ul, lw_mutex, lw_mutex_lock, lw_mutex_reset,
+                              lw_mutex_trylock, lw_mutex_unlock, lw_perturb_on,
+                              lw_perturb_pause, lw_store_i, lw_store_u, lw_store_ul)
 from latchwire._posix cimport O_NOFOLLOW, TIMER_ABSTIME, pthread_atfork, pthread_sigmask
 
 import os as _os

@@ -618,7 +618,7 @@ cdef class FileLock:
         ``cancel()`` makes a waiting call raise LockCancelled.
         """
         self._acquire(LW_SHARED if shared else LW_EXCLUSIVE, blocking,
-                      _deadline(blocking, timeout), False, self.cancel_gen)
+                      lw_deadline(timeout, blocking), False, self.cancel_gen)
         return True
 
     def _acquire_detached(self, bint blocking=True, timeout=None, bint shared=False,
@@ -629,7 +629,7 @@ cdef class FileLock:
         earlier), any cancel() since that read cancels this call too.
         """
         self._acquire(LW_SHARED if shared else LW_EXCLUSIVE, blocking,
-                      _deadline(blocking, timeout), True,
+                      lw_deadline(timeout, blocking), True,
                       self.cancel_gen if cancel_generation is None else cancel_generation)
         return True
 
@@ -663,7 +663,7 @@ cdef class FileLock:
         cdef _LockFile rec = self._held()
         if self.hold != LW_SHARED:
             raise RuntimeError(f"{self.lockfile}: upgrade() needs a shared hold")
-        rec._upgrade(self, blocking, _deadline(blocking, timeout))
+        rec._upgrade(self, blocking, lw_deadline(timeout, blocking))
 
     def downgrade(self):
         """Turn an exclusive hold into a shared one, atomically; never waits."""
@@ -765,7 +765,7 @@ cdef class _SharedHold:
         self.timeout = timeout
 
     def __enter__(self):
-        self.lock._acquire(LW_SHARED, True, _deadline(True, self.timeout), False,
+        self.lock._acquire(LW_SHARED, True, lw_deadline(self.timeout, True), False,
                            self.lock.cancel_gen)
         return self.lock
 

@@ -7,25 +7,6 @@
 # again). Owners are identified by lw_thread_serial(), which no two threads of
 # a process ever share (pthread idents are reused at once).
 
-cdef object _TIMEOUT_MAX = __import__("threading").TIMEOUT_MAX
-
-
-# The deadline for threading.Lock-style (blocking, timeout) arguments, with
-# threading.Lock's errors; -1 for none.
-cdef double _lock_deadline(bint blocking, double timeout) except -2:
-    if timeout == -1:
-        return -1
-    if not blocking:
-        raise ValueError("can't specify a timeout for a non-blocking call")
-    if timeout != timeout:
-        raise ValueError("Invalid value NaN (not a number)")
-    if timeout < 0:
-        raise ValueError("timeout value must be a non-negative number")
-    if timeout > _TIMEOUT_MAX:
-        raise OverflowError("timeout value is too large")
-    return lw_now() + timeout
-
-
 # The checker's class key for a lock: its name, or where it was created.
 cdef object _class_key(object name, object code, int lasti):
     return name if name is not None else _format_site(code, lasti)
@@ -78,10 +59,10 @@ cdef class Mutex:
             self.ld_cls = _ld_class(self.lockclass)
         return self.ld_cls
 
-    def acquire(self, bint blocking=True, double timeout=-1):
+    def acquire(self, bint blocking=True, timeout=-1):
         """Take the lock: True, or False if not free without blocking or in time."""
         cdef unsigned long me = lw_thread_serial()
-        cdef double deadline = _lock_deadline(blocking, timeout)
+        cdef double deadline = lw_deadline(timeout, blocking, True)
         if lw_lockdep and blocking:
             _ld_check(self, self._checker_class(), False, False)
         if self.owner_serial:
@@ -357,13 +338,13 @@ cdef class RWLock:
         self._changed()
         return 0
 
-    def acquire_read(self, bint blocking=True, double timeout=-1):
+    def acquire_read(self, bint blocking=True, timeout=-1):
         """Take a read hold: True, or False if not possible without blocking or in time."""
-        return self._acquire_read(blocking, _lock_deadline(blocking, timeout))
+        return self._acquire_read(blocking, lw_deadline(timeout, blocking, True))
 
-    def acquire_write(self, bint blocking=True, double timeout=-1):
+    def acquire_write(self, bint blocking=True, timeout=-1):
         """Take the write hold: True, or False if not possible without blocking or in time."""
-        return self._acquire_write(blocking, _lock_deadline(blocking, timeout))
+        return self._acquire_write(blocking, lw_deadline(timeout, blocking, True))
 
     def release_read(self):
         """Release this thread's read hold (one level of it)."""
