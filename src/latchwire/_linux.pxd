@@ -2,15 +2,18 @@
 # (a union member glibc names differently across versions, variadic syscalls).
 
 from posix.signal cimport sigevent
-from posix.time cimport timespec
+from posix.time cimport timer_t, timespec
 from posix.types cimport pid_t
 from posix.uio cimport iovec
 
 
 cdef extern from *  nogil:
     """
+    #include <errno.h>
     #include <fcntl.h>
     #include <limits.h>
+    #include <pthread.h>
+    #include <time.h>
     #include <linux/futex.h>
     #include <signal.h>
     #include <string.h>
@@ -70,6 +73,50 @@ cdef extern from *  nogil:
             lw_tls_serial = __atomic_add_fetch(&lw_serial_next, 1, __ATOMIC_RELAXED);
         return lw_tls_serial;
     }
+
+    /* Each thread's wake timer (timer_create, aimed at the thread itself with
+     * the wake signal), made on its first kernel lock wait and deleted when it
+     * exits, so that a wait costs no timer_create/timer_delete of its own. */
+    static pthread_key_t lw_timer_key;
+    static pthread_once_t lw_timer_once = PTHREAD_ONCE_INIT;
+    static __thread timer_t lw_tls_timer;
+    static __thread int lw_tls_timer_made;
+
+    static void lw_timer_at_exit(void *unused)
+    {
+        if (lw_tls_timer_made) {
+            timer_delete(lw_tls_timer);
+            lw_tls_timer_made = 0;
+        }
+    }
+
+    static void lw_timer_key_make(void)
+    {
+        (void) pthread_key_create(&lw_timer_key, lw_timer_at_exit);
+    }
+
+    /* *timer = the calling thread's wake timer for signo; 0 or a positive errno. */
+    static int lw_thread_timer(int signo, timer_t *timer)
+    {
+        struct sigevent sev;
+        if (!lw_tls_timer_made) {
+            (void) pthread_once(&lw_timer_once, lw_timer_key_make);
+            lw_sigev_to_thread(&sev, signo, lw_gettid());
+            if (timer_create(CLOCK_MONOTONIC, &sev, &lw_tls_timer) != 0)
+                return errno;
+            lw_tls_timer_made = 1;
+            (void) pthread_setspecific(lw_timer_key, (void *) 1);
+        }
+        *timer = lw_tls_timer;
+        return 0;
+    }
+
+    /* In a fork child: timers are not inherited, so the copy of the forking
+     * thread's is forgotten (a new one is made on first use). */
+    static void lw_thread_timer_forget(void)
+    {
+        lw_tls_timer_made = 0;
+    }
     """
     enum: F_OFD_GETLK
     enum: F_OFD_SETLK
@@ -79,6 +126,8 @@ cdef extern from *  nogil:
     int lw_futex_wait(unsigned int *word, unsigned int val, const timespec *rel)
     void lw_futex_wake(unsigned int *word)
     unsigned long lw_thread_serial()
+    int lw_thread_timer(int signo, timer_t *timer)
+    void lw_thread_timer_forget()
 
 
 # Netlink sockets and namespaces.
@@ -136,3 +185,27 @@ cdef extern from "<poll.h>" nogil:
 cdef extern from "<sched.h>" nogil:
     enum: CLONE_NEWNET
     int setns(int fd, int nstype)
+
+
+# inotify: the cheap signal that a lock file or a directory above it moved.
+cdef extern from "<sys/inotify.h>" nogil:
+    enum: IN_NONBLOCK
+    enum: IN_CLOEXEC
+    enum: IN_ATTRIB
+    enum: IN_MOVE_SELF
+    enum: IN_DELETE_SELF
+    enum: IN_IGNORED
+    enum: IN_Q_OVERFLOW
+    enum: IN_ONLYDIR
+    struct inotify_event:
+        int wd
+        unsigned int mask
+        unsigned int cookie
+        unsigned int len
+    int inotify_init1(int flags)
+    int inotify_add_watch(int fd, const char *pathname, unsigned int mask)
+    int inotify_rm_watch(int fd, int wd)
+
+cdef extern from "<sys/ioctl.h>" nogil:
+    enum: FIONREAD
+    int ioctl(int fd, unsigned long request, ...)
