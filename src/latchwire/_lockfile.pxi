@@ -123,6 +123,14 @@ cdef inline void lw_timer_disarm(timer_t timer) noexcept nogil:
     timer_settime(timer, 0, &its, NULL)
 
 
+cdef unsigned int lw_record_wakes = 0    # waiters woken so far, for the tests
+
+
+def _record_wakes():
+    """How many times a thread waiting on a lock file record has been woken (tests)."""
+    return lw_load_u(&lw_record_wakes)
+
+
 cdef int lw_use_ofd = _os.environ.get("LATCHWIRE_LOCKS", "ofd") != "posix"
 
 
@@ -344,6 +352,7 @@ cdef class _LockFile:
         if not w.word:
             lw_store_u(&w.word, 1)
             lw_futex_wake_n(&w.word, 1)
+            lw_inc_u(&lw_record_wakes)
 
     # Wake the waiters the state now lets proceed (invariant 5).
     cdef void _kick(self) noexcept:

@@ -27,21 +27,27 @@ __all__ = [
 class LockBusy(BlockingIOError):
     """The lock is held elsewhere and the caller asked not to wait."""
 
-    def __init__(self, what: str, path: str | None = None) -> None:
+    def __init__(self, what: str | None = None, path: str | None = None) -> None:
+        if what is None:
+            what = os.strerror(errno.EAGAIN)
         super().__init__(errno.EAGAIN, what, path)
 
 
 class LockTimeout(TimeoutError):
     """The caller waited ``timeout`` seconds without getting the lock."""
 
-    def __init__(self, what: str, path: str | None = None) -> None:
+    def __init__(self, what: str | None = None, path: str | None = None) -> None:
+        if what is None:
+            what = os.strerror(errno.ETIMEDOUT)
         super().__init__(errno.ETIMEDOUT, what, path)
 
 
 class LockCancelled(InterruptedError):
     """Another thread called ``cancel()`` while this acquisition was waiting."""
 
-    def __init__(self, what: str, path: str | None = None) -> None:
+    def __init__(self, what: str | None = None, path: str | None = None) -> None:
+        if what is None:
+            what = os.strerror(errno.EINTR)
         super().__init__(errno.EINTR, what, path)
 
 

@@ -52,9 +52,7 @@ class FileLock(_core.FileLock):
         lock granted at the same moment is released, never leaked, and so is
         one granted after the event loop closed. The hold belongs to no thread.
         """
-        if timeout is not None and not timeout >= 0:
-            raise ValueError("timeout must be None or a non-negative number of seconds")
-        return _AsyncAcquire(self, timeout, shared)
+        return _AsyncAcquire(self, _core.check_timeout(timeout), shared)
 
     @staticmethod
     def holders(path: str | os.PathLike[str], lockfile: str | os.PathLike[str] | None = None
@@ -241,6 +239,17 @@ def resource_name(path: str | os.PathLike[str]) -> str:
     return hashlib.sha256(os.fsencode(os.path.realpath(path))).hexdigest()
 
 
+def lease_owner(owner: Hashable) -> Hashable:
+    """A lease's owner: this process's id by default; TypeError if it cannot key a table."""
+    if owner is None:
+        return os.getpid()
+    try:
+        hash(owner)
+    except TypeError:
+        raise TypeError(f"a lease owner must be hashable, not {type(owner).__name__}") from None
+    return owner
+
+
 class Lease(NamedTuple):
     """A resource held in a LockSpace: its name, mode and owners (oldest first)."""
 
@@ -344,9 +353,10 @@ class LockSpace:
         lockspace directory, deleted again on its last release); otherwise
         FileNotFoundError. RuntimeError if owner already holds or awaits name.
         """
-        owner = os.getpid() if owner is None else owner
+        owner = lease_owner(owner)
         if timeout is not None and not wait:
             raise ValueError("a timeout needs wait=True")
+        timeout = _core.check_timeout(timeout)
         lock = FileLock._canonical(self.path(name), autocreate, self._lockclass)
         with self._mutex:
             res = self._table.setdefault(name, _Resource())
@@ -403,7 +413,7 @@ class LockSpace:
         only if the last owner can upgrade without waiting (no other process
         shares it). RuntimeError if owner does not hold name.
         """
-        owner = os.getpid() if owner is None else owner
+        owner = lease_owner(owner)
         with self._mutex:
             self._release(name, owner)
 

@@ -40,8 +40,9 @@ from types import TracebackType
 from typing import Literal
 from urllib.parse import urlsplit
 
+from latchwire import _core
 from latchwire.errors import LockBusy, LockCancelled, LockTimeout, SessionLost
-from latchwire.locking import Lease
+from latchwire.locking import Lease, lease_owner
 
 __all__ = ["Listener", "RemoteLease", "RemoteLockSpace", "SessionLost", "State", "connect"]
 
@@ -245,9 +246,10 @@ class RemoteLockSpace(ABC):
         awaits name here.
         """
         check_name(name)
-        owner = os.getpid() if owner is None else owner
+        owner = lease_owner(owner)
         if timeout is not None and not wait:
             raise ValueError("a timeout needs wait=True")
+        timeout = _core.check_timeout(timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._mutex:
             holds = self._holds.get(name, {})
@@ -309,7 +311,7 @@ class RemoteLockSpace(ABC):
         """Release owner's hold on name (deleting an autocreated resource on the last
         release). A lease already lost is only forgotten: its loss was reported.
         RuntimeError if owner does not hold name."""
-        owner = os.getpid() if owner is None else owner
+        owner = lease_owner(owner)
         with self._mutex:
             lease = self._holds.get(name, {}).pop(owner, None)
             if lease is None:
