@@ -453,9 +453,10 @@ def filelock_uncontended(s: Settings) -> Section:
     section.conclusions += [speed_sentence(lw, r) for r in rows if r.role == "peer"]
     section.notes += [
         "Floors: F_OFD_SETLK write lock then unlock on a descriptor kept open. latchwire "
-        "also keeps its lock file open and, after every grant, makes one lstat() of the path "
-        "to check it still names the file locked (no lock on an unlinked, replaced or moved "
-        "lock file): three system calls where the floors make two.",
+        "also keeps its lock file open and, after every grant, asks its inotify watch of the "
+        "file and the directories above it whether anything moved (one FIONREAD; the path is "
+        "walked only if so), so that no lock is kept on an unlinked, replaced or moved lock "
+        "file: three system calls where the floors make two.",
         "filelock, fasteners and portalocker open and close the lock file on every "
         "acquisition; that is part of what they cost.",
         f"Batches of about {s.batch * 1e3:.0f} ms, {s.rounds} rounds, interleaved.",
