@@ -46,7 +46,10 @@ cdef class FileLock:
     cdef _LockFile rec                # (hmu) the record of the inode lockfile led to, or None
     cdef bint create
     cdef int create_mode
-    cdef int hold                     # (rec.mu) LW_SHARED or LW_EXCLUSIVE while holding
+    cdef int hold                     # (rec.mu) LW_SHARED or LW_EXCLUSIVE while holding; set
+                                      # by a compare-and-swap from 0, so that two threads
+                                      # acquiring one object through two records (its path
+                                      # moved meanwhile) cannot both hold
     cdef bint lost                    # (rec.mu) the last hold ended with the file gone
     cdef unsigned int grants          # (rec.mu) holds granted so far
     cdef void *hnext                  # (rec.mu) the record's other holders
@@ -483,6 +486,7 @@ cdef _LockFile _record_adopt(FileLock h, int fd, int mode):
     cdef struct_stat st
     cdef int same = 0, err, flags, lasti = 0
     cdef _LockFile old, rec
+    cdef void *old_site
     if not lw_load_i(&lw_use_ofd):
         raise OSError(EINVAL, "classic POSIX locks cannot be adopted", h.lockfile)
     if fstat(fd, &st) != 0:
@@ -503,8 +507,12 @@ cdef _LockFile _record_adopt(FileLock h, int fd, int mode):
     code = _caller_code(&lasti)
     lw_lock(&rec.mu)
     rec.kmode = mode
-    rec._add_holder(h, mode, True, code, lasti)
+    old_site = rec._add_holder(h, mode, True, code, lasti)
     lw_mutex_unlock(&rec.mu)
+    if old_site == NULL:
+        rec.fd = -1             # not taken: the descriptor stays the caller's
+        raise RuntimeError(f"{h.lockfile} is already held by this FileLock")
+    Py_DECREF(<object>old_site)
     lw_lock(&lw_table_mu)
     _by_inode[rec.ikey] = rec.wref
     _by_path[h.lockfile] = rec.wref

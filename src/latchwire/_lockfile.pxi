@@ -193,8 +193,9 @@ cdef _LockFile _record_open(str lockfile, bytes bpath, bint create, int create_m
     cdef int fd, err = 0
     cdef bint rdonly = False
     cdef struct_stat st
-    cdef _LockFile fresh, rec = None
-    cdef object ref
+    cdef _LockFile fresh, found = None
+    cdef object ref = None
+    cdef bint reuse
     if create:
         flags |= O_CREAT
     with nogil:
@@ -220,19 +221,22 @@ cdef _LockFile _record_open(str lockfile, bytes bpath, bint create, int create_m
         raise OSError(EINVAL, "lock file is not a regular file", lockfile)
     fresh = _LockFile.__new__(_LockFile, lockfile, fd, st.st_dev, st.st_ino, rdonly)
     lw_perturb()
+    # Nothing bound under the mutex may drop a last reference (rule 2).
     lw_lock(&lw_table_mu)
     ref = _by_inode.get(fresh.ikey)
     if ref is not None:
-        rec = ref()
-    if rec is None or rec.generation != lw_fork_generation or lw_load_i(&rec.dead):
-        rec = fresh
+        found = ref()
+    reuse = found is not None and found.generation == lw_fork_generation \
+        and not lw_load_i(&found.dead)
+    if not reuse:
         _by_inode[fresh.ikey] = fresh.wref
-    _table_name(rec, lockfile)
+    _table_name(found if reuse else fresh, lockfile)
     lw_mutex_unlock(&lw_table_mu)
-    if rec is not fresh:
-        fresh.fd = -1           # fd is rec's inode's: rec decides its fate
-        rec._take_duplicate(fd)
-    return rec
+    if not reuse:
+        return fresh
+    fresh.fd = -1               # fd is found's inode's: found decides its fate
+    found._take_duplicate(fd)
+    return found
 
 
 @cython.final
@@ -395,12 +399,16 @@ cdef class _LockFile:
 
     # ---- holders (mu) ----------------------------------------------------
 
-    # h holds in mode from now on; the list's reference keeps it alive. Returns
-    # the site of h's previous hold, with a reference for the caller to drop
-    # once mu is free (code objects take weak references, whose callbacks run code).
+    # h holds in mode from now on, unless it holds already (through another
+    # record: then NULL, and nothing changed); the list's reference keeps it
+    # alive. Returns the site of h's previous hold, with a reference for the
+    # caller to drop once mu is free (code objects take weak references, whose
+    # callbacks run code).
     cdef void *_add_holder(self, FileLock h, int mode, bint detached, object code,
                            int lasti) noexcept:
         cdef void *old_site = <void *>h.site_code
+        if not lw_cas_i(&h.hold, LW_UNLOCKED, mode):
+            return NULL
         Py_INCREF(h.site_code)
         Py_INCREF(h)
         h.hprev = NULL
@@ -409,7 +417,6 @@ cdef class _LockFile:
             (<FileLock>self.holders).hprev = <void *>h
         self.holders = <void *>h
         self.nholders += 1
-        lw_store_i(&h.hold, mode)
         h.lost = False
         h.grants += 1
         h.site_code = code              # the old one lives on in old_site
@@ -494,7 +501,7 @@ cdef class _LockFile:
                     out = LW_JOIN       # it reads already: waiting behind a writer would deadlock
                 if out == LW_JOIN:
                     old_site = self._add_holder(h, mode, detached, code, lasti)
-                    out = LW_GRANTED
+                    out = LW_GRANTED if old_site != NULL else LW_HELD_HERE
                     break
                 if out == LW_CLAIM:
                     self._dequeue(&w)
@@ -504,6 +511,10 @@ cdef class _LockFile:
                     out = self._claim_lock(&w, h, mode, blocking, deadline, cgen)
                     if out == LW_GRANTED:
                         old_site = self._add_holder(h, mode, detached, code, lasti)
+                        if old_site == NULL:    # held through another record meanwhile
+                            lw_setlk(self.fd, self._cmd(False), F_UNLCK)
+                            self.kmode = LW_UNLOCKED
+                            out = LW_HELD_HERE
                     break
                 # Wait here, for the holders or the claimant of this process.
                 if not blocking:

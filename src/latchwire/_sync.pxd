@@ -34,6 +34,12 @@ cdef extern from *  nogil:
     #define lw_add_i(p, v) __atomic_add_fetch((p), (v), __ATOMIC_SEQ_CST)
 
     /* 1 if *p was expected and is now desired, else 0 (*p unchanged). */
+    static inline int lw_cas_i(int *p, int expected, int desired)
+    {
+        return __atomic_compare_exchange_n(p, &expected, desired, 0,
+                                           __ATOMIC_ACQUIRE, __ATOMIC_RELAXED);
+    }
+
     static inline int lw_cas_ul(unsigned long *p, unsigned long expected,
                                 unsigned long desired)
     {
@@ -124,6 +130,7 @@ cdef extern from *  nogil:
     void lw_store_ul(unsigned long *p, unsigned long v)
     unsigned int lw_inc_u(unsigned int *p)
     int lw_add_i(int *p, int v)
+    bint lw_cas_i(int *p, int expected, int desired)
     bint lw_cas_ul(unsigned long *p, unsigned long expected, unsigned long desired)
 
     ctypedef struct lw_mutex:
