@@ -580,7 +580,7 @@ cdef class _LockFile:
                 out = self._kernel_wait(w, h, ltype, deadline, cgen)
                 granted = out == LW_GRANTED
             if granted:
-                out = self._check_grant(h, waited)  # unlocks itself if the file moved
+                out = self._check_grant(h)  # unlocks itself if the file moved
         except BaseException:
             if granted:             # granted, then the check failed: let go of it
                 lw_setlk(self.fd, self._cmd(False), F_UNLCK)
@@ -598,15 +598,16 @@ cdef class _LockFile:
 
     # Keep the lock just granted through fd only if h's path names the inode:
     # LW_GRANTED, or (unlocked again) LW_MOVED, or LW_DEAD when the inode has
-    # no name left. walk: walk the path even if the watch vouches for it.
+    # no name left. The watch vouches for the path if nothing moved since it
+    # was last walked; otherwise it is walked (and the watch set up again).
     # Caller: the claimant, without mu. Raises OSError if the walk fails.
-    cdef int _check_grant(self, FileLock h, bint walk) except LW_FAILED:
+    cdef int _check_grant(self, FileLock h) except LW_FAILED:
         cdef const char *cpath = h.bpath
         cdef unsigned int epoch = 0
         cdef bint watched = False
         cdef int err, same = 0
         cdef struct_stat st
-        if not walk and self.vok and (h.bpath is self.vpath or h.bpath == self.vpath) \
+        if self.vok and (h.bpath is self.vpath or h.bpath == self.vpath) \
                 and lw_watch_quiet(self.watch, self.vepoch):
             return LW_GRANTED
         # Watch first, then walk: whatever moves after the walk shows in the watch.

@@ -11,7 +11,7 @@
 # queues those events inside the very system call that moved the file, so a
 # grant that comes after it (a remover unlinks, then unlocks; we are granted
 # after that) finds the queue non-empty with one FIONREAD. The path is walked
-# again only then, after a kernel wait, or where a watch could not be set up.
+# again only then, or where a watch could not be set up.
 #
 # Events are consumed (drained) under lw_watch_mu: an event of a lock file
 # marks its _Watch dirty; one of a directory, or a lost event (the queue
