@@ -230,7 +230,8 @@ cdef class FileLock:
         ``cancel()`` makes a waiting call raise LockCancelled.
         """
         self._acquire(LW_SHARED if shared else LW_EXCLUSIVE, blocking,
-                      lw_deadline(timeout, blocking), False, lw_load_u(&self.cancel_gen))
+                      -1 if timeout is None else lw_deadline(timeout, blocking), False,
+                      lw_load_u(&self.cancel_gen))
         return True
 
     def _acquire_detached(self, bint blocking=True, timeout=None, bint shared=False,
@@ -261,13 +262,14 @@ cdef class FileLock:
     # release succeeds quietly once; anything else not held is RuntimeError.
     cdef int _release_hold(self, bint lost) except -1:
         cdef _LockFile rec = self._rec()
+        cdef void *stack = NULL
         cdef int out
         if rec is None or rec.generation != lw_load_ul(&lw_fork_generation):
             out = LW_NOT_HELD if rec is None or not lw_load_i(&self.hold) else LW_FAILED
         else:
-            out = rec._release(self, lost)
+            out = rec._release(self, lost, &stack)
         if out == LW_GRANTED:
-            self._let_go(rec)
+            self._released(stack)
             return 0
         if out == LW_NOT_HELD and self.lost:
             self.lost = False
@@ -276,16 +278,13 @@ cdef class FileLock:
             self._held()        # raises: inherited across fork()
         raise self._failure(out, rec)
 
-    # After the record let go of this object's hold: take its checker entry
-    # off, and drop the reference the holders' list had.
-    cdef void _let_go(self, _LockFile rec) noexcept:
-        cdef list stack
-        lw_lock(&rec.mu)
-        stack = self.ld_stack
-        self.ld_stack = None            # stack keeps the list alive: frees nothing
-        lw_mutex_unlock(&rec.mu)
-        if stack is not None:
-            _ld_pop(stack, self, False)
+    # After the record let go of this object's hold: take its entry off the
+    # checker's held list stack (a reference, or NULL), and drop the reference
+    # the holders' list had.
+    cdef void _released(self, void *stack) noexcept:
+        if stack != NULL:
+            _ld_pop(<list>stack, self, False)
+            Py_DECREF(<list>stack)
         Py_DECREF(self)
 
     def release(self):
@@ -346,15 +345,16 @@ cdef class FileLock:
         the file now at the path.
         """
         cdef _LockFile rec = self._rec()
+        cdef void *stack = NULL
         cdef int out
         if rec is None or not self.locked:
             return False
         if rec._at_path(self):
             return True
-        out = rec._lose(self)
+        out = rec._lose(self, &stack)
         _table_forget(self.lockfile, rec)
         if out == LW_GRANTED:
-            self._let_go(rec)
+            self._released(stack)
         elif out != LW_NOT_HELD:
             raise self._failure(out, rec)
         return False
@@ -371,14 +371,15 @@ cdef class FileLock:
         Processes granted the old file afterwards notice and retry on a new one.
         """
         cdef _LockFile rec = self._held()
+        cdef void *stack = NULL
         cdef int out
         if self.hold != LW_EXCLUSIVE:
             raise RuntimeError(f"{self.lockfile}: remove() needs an exclusive hold")
-        out = rec._remove(self)
+        out = rec._remove(self, &stack)
         _table_forget(self.lockfile, rec)
         if out != LW_GRANTED:
             raise self._failure(out, rec)
-        self._let_go(rec)
+        self._released(stack)
 
     def handover(self):
         """Hand the lock to a successor process: return a descriptor that holds it.
@@ -395,8 +396,11 @@ cdef class FileLock:
         cdef FileLock h
         cdef int fd = rec._handover(dropped)
         _table_forget(self.lockfile, rec)
-        for h in dropped:
-            h._let_go(rec)          # drops the reference the list took over
+        for h in dropped:           # the record is dead: nothing changes their holds now
+            stack, h.ld_stack = h.ld_stack, None
+            if stack is not None:
+                Py_INCREF(stack)
+            h._released(<void *>stack if stack is not None else NULL)
         return fd
 
     def adopt(self, int fd, bint shared=False):

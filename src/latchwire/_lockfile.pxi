@@ -359,7 +359,11 @@ cdef class _LockFile:
             lw_inc_u(&lw_record_wakes)
 
     # Wake the waiters the state now lets proceed (invariant 5).
-    cdef void _kick(self) noexcept:
+    cdef inline void _kick(self) noexcept:
+        if self.qhead != NULL or self.upgrader != NULL:
+            self._wake_some()
+
+    cdef void _wake_some(self) noexcept:
         cdef lw_fwait *w
         if self.dead:
             w = self.qhead
@@ -699,10 +703,12 @@ cdef class _LockFile:
     # ---- changes by a holder --------------------------------------------
 
     # Drop h's hold; the kernel lock goes with the last holder. 0, LW_NOT_HELD,
-    # LW_UPGRADING or a positive errno. Caller: holds a reference to h; drops
-    # the hold's own reference after this returns 0 (h.release_hold()).
-    cdef int _release(self, FileLock h, bint lost) noexcept:
+    # LW_UPGRADING or a positive errno. On 0, *stack is the checker's held list
+    # the hold was on (with a reference), or NULL. Caller: holds a reference to
+    # h; on 0 lets go of the hold's own reference and of *stack (h._released()).
+    cdef int _release(self, FileLock h, bint lost, void **stack) noexcept:
         cdef int err = 0
+        stack[0] = NULL
         lw_lock(&self.mu)
         if not h.hold:
             err = LW_NOT_HELD
@@ -717,6 +723,10 @@ cdef class _LockFile:
             if not err:
                 self._remove_holder(h)
                 h.lost = lost
+                if h.ld_stack is not None:  # handed to the caller, with a reference
+                    Py_INCREF(h.ld_stack)
+                    stack[0] = <void *>h.ld_stack
+                    h.ld_stack = None
                 self._kick()
         lw_mutex_unlock(&self.mu)
         return err
@@ -824,10 +834,10 @@ cdef class _LockFile:
 
     # The file is gone or moved while h held it: drop h's hold as lost (it
     # guards nothing), and let nobody new in if the inode has no name left.
-    # 0 or as _release.
-    cdef int _lose(self, FileLock h) noexcept:
+    # 0 (*stack as _release's) or as _release.
+    cdef int _lose(self, FileLock h, void **stack) noexcept:
         cdef struct_stat st
-        cdef int err = self._release(h, True)
+        cdef int err = self._release(h, True, stack)
         if err == 0 and fstat(self.fd, &st) == 0 and st.st_nlink == 0:
             lw_lock(&self.mu)
             self.dead = True
@@ -837,15 +847,15 @@ cdef class _LockFile:
 
     # Unlink the path while h holds the file exclusively, then release: anyone
     # granted the dead inode afterwards sees it gone and moves to a new file.
-    # 0 or as _release; raises OSError if the unlink fails.
-    cdef int _remove(self, FileLock h) except LW_FAILED:
+    # 0 (*stack as _release's) or as _release; raises OSError if the unlink fails.
+    cdef int _remove(self, FileLock h, void **stack) except LW_FAILED:
         cdef int err
         if self._at_path(h) and unlink(h.bpath) != 0:
             raise _oserror(errno, h.lockfile)
         lw_lock(&self.mu)
         self.dead = True        # the waiters here must find the new file
         lw_mutex_unlock(&self.mu)
-        return self._release(h, False)
+        return self._release(h, False, stack)
 
     # Give the kernel lock away: return a new descriptor (the caller's) of the
     # open file description that holds it, with every hold here dropped
