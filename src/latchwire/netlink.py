@@ -206,6 +206,9 @@ class Socket:
     there by a short hop of the calling thread. ``rcvbuf`` sets the receive
     buffer size; ``strict`` turns on NETLINK_GET_STRICT_CHK. Owned by one
     thread at a time.
+
+    Whichever receive the kernel reports ENOBUFS to (notifications were lost),
+    it comes out as ``Overrun``.
     """
 
     def __init__(self, protocol: int, netns: str | int | None = None,
@@ -352,7 +355,8 @@ class Socket:
     def transact(self, request: Request | bytes, timeout: float | None = None) -> Message | None:
         """Send request with NLM_F_ACK; the reply message, or None for a bare ACK.
 
-        NetlinkError (errno, extended-ACK text and offset) if the kernel refused.
+        NetlinkError (errno, extended-ACK text and offset) if the kernel refused;
+        Overrun if the kernel could not queue the answer.
         """
         (result,) = self.transact_many([request], timeout)
         if isinstance(result, NetlinkError):

@@ -381,19 +381,25 @@ class Route:
         ``deleted`` set. TimeoutError if none comes within timeout.
 
         The groups are joined before this returns, so no change made after the
-        call is missed. With resync, an Overrun (notifications lost) makes the
-        stream dump the tables again and yield a Resync marker, then the
+        call is missed. Notifications the kernel had to drop for want of room
+        in the receive buffer (ENOBUFS, whichever receive it is reported to:
+        an Overrun) are dealt with as resync says. With resync, the stream
+        dumps the tables again and yields a Resync marker, then the
         differences against what it had seen: removed records (as deletions),
-        new and changed ones. Without it, Overrun is raised. The stream's
-        socket closes with the iterator.
+        new and changed ones, and goes on. Without it, the stream raises
+        Overrun, which ends it (its socket is closed): what was lost can only
+        be learnt from a dump, so a caller that goes on starts a new stream
+        and dumps. The stream's socket closes with the iterator.
         """
         return _EventStream(self, groups, resync).run(timeout)
 
     def events_async(self, groups: Iterable[str] = DEFAULT_GROUPS, resync: bool = True
                      ) -> AsyncGenerator[Event, None]:
         """events() for asyncio: waits through the running loop's reader
-        callbacks (no thread). A resync's dump runs in the loop; it is short
-        (about 70 ms for 100,000 routes)."""
+        callbacks (no thread), without a timeout of its own (bound a wait with
+        ``asyncio.wait_for``). A resync's dump runs in the loop; it is short
+        (about 70 ms for 100,000 routes). An overrun as for events(): with
+        resync=False, Overrun ends the stream."""
         return _EventStream(self, groups, resync).run_async()
 
 
@@ -499,7 +505,8 @@ class _EventStream:
 
     def next_batch(self, timeout: float | None) -> list[Event]:
         """The events of the next datagram (TimeoutError if none), or, after an
-        Overrun, a Resync and the differences."""
+        Overrun, a Resync and the differences (without resync, the Overrun is
+        raised)."""
         try:
             records = self._sock.recv(timeout, decode=True)
         except Overrun:

@@ -29,6 +29,7 @@ checker has seen.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
@@ -40,7 +41,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -368,6 +369,26 @@ class Worker:
         if self.error is not None:
             raise self.error
         return self.result
+
+
+@contextlib.contextmanager
+def busy_thread() -> Iterator[None]:
+    """For the with-block, another thread computes in Python without a pause: a
+    thread that lets the GIL go (as latchwire's core does around every socket call)
+    waits up to the switch interval (5 ms) to have it back. The slow reader of a
+    daemon whose other threads are busy."""
+    stop = threading.Event()
+
+    def spin() -> None:
+        while not stop.is_set():
+            sum(range(1000))
+
+    spinner = Worker(spin)
+    try:
+        yield
+    finally:
+        stop.set()
+        spinner.outcome()
 
 
 def poll_until(condition: Callable[[], bool], what: str, timeout: float = BOUND) -> None:
