@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import math
 import os
 import platform
 import secrets
@@ -42,7 +43,7 @@ from typing import Any
 
 import pytest
 from lwnetns import IP, Churn, Netns, drop_netns, host_links, make_netns
-from lwtest import BOUND, WAIT, Worker, busy_thread, need
+from lwtest import BOUND, WAIT, Worker, busy_thread, need, wait_in_poll
 
 import latchwire
 from latchwire import netlink
@@ -1130,3 +1131,133 @@ def test_a_slow_reader_under_churn_sees_only_overruns(fresh_ns: Netns, read: str
             per_round.append(outcomes["Overrun"] - overruns)
     print(f"{read}: {dict(outcomes)}, Overruns by round {per_round}, {churn.batches} batches")
     assert set(outcomes) == {"read", "Overrun"}, outcomes
+
+
+# ---------------------------------------------------------------------------
+# Timeouts
+
+INT_MAX = 2**31 - 1
+# Timeouts that must not end a wait early, and what the core passes to poll() for
+# them: -1 (no limit) or INT_MAX ms (a wait of 24.8 days, then the deadline looked at
+# again).
+NO_LIMIT = {"inf": (math.inf, -1), "1e300": (1e300, -1), "1e10": (1e10, -1),
+            "2^31ms+1s": (2**31 / 1000 + 1, INT_MAX), "1e9": (1e9, INT_MAX)}
+# Every way to wait for a notification: (the socket, its channel, timeout) -> what came.
+WAITS: dict[str, Callable[[Socket, Any, float], object]] = {
+    "Socket.recv": lambda sock, chan, t: sock.recv(timeout=t),
+    "Socket.recv-decode": lambda sock, chan, t: sock.recv(timeout=t, decode=True),
+    "channel.recv": lambda sock, chan, t: chan.recv(t),
+    "channel.peek": lambda sock, chan, t: chan.peek(t),
+    "channel.discard": lambda sock, chan, t: chan.discard(t),
+    "channel.recv_into": lambda sock, chan, t: chan.recv_into([], t, None, False),
+}
+
+
+@pytest.mark.parametrize("limit", list(NO_LIMIT))
+@pytest.mark.parametrize("wait", list(WAITS))
+def test_waits_without_a_limit_wait(ns: Netns, wait: str, limit: str) -> None:
+    """A wait for a notification with timeout=inf, 1e300, 1e10, just over 2^31 ms or
+    1e9 s (about 31 years) waits (it used to time out at once): the thread is seen
+    in poll() with -1 (no limit) or INT_MAX ms (a chunk; the deadline is looked at
+    again after it), still there a while later (0.2 s, for inf), and it gets the
+    notification of an address added then."""
+    timeout, poll_ms = NO_LIMIT[limit]
+    index = ns.links()["veth0"]
+    address = "10.78.0.1"
+    with Socket(netlink.NETLINK_ROUTE, netns=ns.name) as changer, \
+            Socket(netlink.NETLINK_ROUTE, netns=ns.name) as sock:
+        sock.join_group(netlink.RTNLGRP_IPV4_IFADDR)
+        chan = sock._own()
+        worker = Worker(WAITS[wait], sock, chan, timeout)
+        try:
+            seen = wait_in_poll(worker)
+            if platform.machine() == "x86_64":
+                assert seen == poll_ms
+            if limit == "inf":
+                assert not worker.done.wait(0.2), worker.error
+            changer.transact(address_request(netlink.RTM_NEWADDR, address, index),
+                             timeout=BOUND)
+            got = worker.outcome()
+        finally:  # the address goes; a wait still blocked gets a notification and ends
+            changer.transact_many([address_request(netlink.RTM_NEWADDR, address, index),
+                                   address_request(netlink.RTM_DELADDR, address, index)],
+                                  timeout=BOUND)
+            worker.join()
+        if wait in ("Socket.recv", "Socket.recv-decode"):
+            assert isinstance(got, list) and len(got) == 1, got
+        elif wait == "channel.recv_into":
+            assert got == (0, None)
+        else:
+            assert got
+
+
+# Timeouts every wait refuses, and what it raises.
+BAD_TIMEOUTS = {"nan": (math.nan, ValueError), "negative": (-0.5, ValueError),
+                "-inf": (-math.inf, ValueError), "string": ("1", TypeError),
+                "list": ([1], TypeError)}
+# Every netlink entry point that waits: (the socket, a pool, timeout) -> the call.
+ENTRIES: dict[str, Callable[[Socket, netlink.Pool, Any], object]] = {
+    "Socket.recv": lambda sock, pool, t: sock.recv(timeout=t),
+    "Socket.recv-decode": lambda sock, pool, t: sock.recv(timeout=t, decode=True),
+    "Socket.transact": lambda sock, pool, t: sock.transact(getlink("veth0"), timeout=t),
+    "Socket.transact_many": lambda sock, pool, t: sock.transact_many([getlink("veth0")],
+                                                                    timeout=t),
+    "Socket.dump": lambda sock, pool, t: sock.dump(link_dump(), timeout=t),
+    "Socket.dump-retries": lambda sock, pool, t: sock.dump(link_dump(), retries=2, timeout=t),
+    "Dump": lambda sock, pool, t: netlink.Dump(sock, sock._new_channel(joined=False),
+                                               link_dump(), 0, t, owned=True),
+    "Pool.transact": lambda sock, pool, t: pool.transact(getlink("veth0"), timeout=t),
+    "Pool.transact_many": lambda sock, pool, t: pool.transact_many([getlink("veth0")],
+                                                                  timeout=t),
+    "channel.peek": lambda sock, pool, t: sock._own().peek(t),
+    "channel.recv": lambda sock, pool, t: sock._own().recv(t),
+    "channel.discard": lambda sock, pool, t: sock._own().discard(t),
+    "channel.recv_into": lambda sock, pool, t: sock._own().recv_into([], t),
+}
+
+
+@pytest.mark.parametrize("bad", list(BAD_TIMEOUTS))
+@pytest.mark.parametrize("entry", list(ENTRIES))
+def test_bad_timeouts_are_refused_before_anything_is_sent(ns: Netns, entry: str,
+                                                          bad: str) -> None:
+    """NaN, a negative number and -inf raise ValueError, a string or a list
+    TypeError, from every call that waits, at once: nothing was sent (no answer
+    queued), no socket borrowed from a pool, and the socket still works. NaN used
+    to time out instead, as if it were 0."""
+    timeout, error = BAD_TIMEOUTS[bad]
+    links = ns.links()
+    with Socket(netlink.NETLINK_ROUTE, netns=ns.name) as sock:
+        pool = netlink.Pool(netlink.NETLINK_ROUTE, netns=ns.name)
+        try:
+            with pytest.raises(error, match="timeout"):
+                ENTRIES[entry](sock, pool, timeout)
+            assert pool._idle == []
+        finally:
+            pool.close()
+        assert_nothing_queued(sock)
+        assert_link_reply(sock.transact(getlink("veth0"), timeout=BOUND), "veth0",
+                          links["veth0"])
+
+
+@pytest.mark.parametrize("limit", list(NO_LIMIT))
+def test_calls_without_a_limit_are_answered(ns: Netns, limit: str) -> None:
+    """Transactions, dumps and a pool's transactions with a timeout beyond any limit
+    (inf, 1e300, ...) are answered as without one: they used to time out at once
+    whenever the answer was not queued yet."""
+    timeout, _ = NO_LIMIT[limit]
+    links = ns.links()
+    with Socket(netlink.NETLINK_ROUTE, netns=ns.name) as sock:
+        assert_link_reply(sock.transact(getlink("veth0"), timeout=timeout), "veth0",
+                          links["veth0"])
+        (reply,) = sock.transact_many([getlink("lo")], timeout=timeout)
+        assert_link_reply(reply, "lo", links["lo"])  # type: ignore[arg-type]
+        assert links_of(sock.dump(link_dump(), timeout=timeout)) == links
+        assert links_of(sock.dump(link_dump(), retries=2, timeout=timeout)) == links
+        pool = netlink.Pool(netlink.NETLINK_ROUTE, netns=ns.name)
+        try:
+            assert_link_reply(pool.transact(getlink("veth1"), timeout=timeout), "veth1",
+                              links["veth1"])
+            (reply,) = pool.transact_many([getlink("veth0")], timeout=timeout)
+            assert_link_reply(reply, "veth0", links["veth0"])  # type: ignore[arg-type]
+        finally:
+            pool.close()

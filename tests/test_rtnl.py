@@ -45,7 +45,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from lwnetns import IP, Churn, Netns, drop_netns, make_netns
-from lwtest import BOUND, WAIT, busy_thread
+from lwtest import BOUND, WAIT, Worker, busy_thread, wait_in_poll
 
 from latchwire import _core, netlink, rtnl
 from latchwire.errors import NetlinkError, Overrun, ProtocolError
@@ -1033,6 +1033,51 @@ def test_event_streams_of_a_slow_reader_under_churn(scratch: Netns, resync: bool
     else:
         assert set(outcomes) <= {"event", "Overrun"}, outcomes
         assert outcomes["Overrun"] == STREAM_ROUNDS[resync], outcomes
+
+
+BAD_TIMEOUTS = {"nan": (float("nan"), ValueError), "negative": (-0.5, ValueError),
+                "string": ("1", TypeError)}
+
+
+@pytest.mark.parametrize("bad", list(BAD_TIMEOUTS))
+def test_route_and_events_refuse_bad_timeouts_at_once(scratch: Netns, bad: str) -> None:
+    """Route(timeout=NaN or a negative number) raises ValueError, a string
+    TypeError, before any socket is made; events() likewise when it is called,
+    before it joins any group (no descriptor left open). NaN used to time out."""
+    timeout, error = BAD_TIMEOUTS[bad]
+    fds = open_fds()
+    with pytest.raises(error, match="timeout"):
+        rtnl.Route(scratch.name, timeout=timeout)
+    assert open_fds() == fds
+    with rtnl.Route(scratch.name) as ip:
+        inside = open_fds()
+        with pytest.raises(error, match="timeout"):
+            ip.events(groups=["link"], timeout=timeout)
+        assert open_fds() == inside
+    assert open_fds() == fds
+
+
+@pytest.mark.parametrize("timeout", [float("inf"), 1e300, 2**31 / 1000 + 1],
+                         ids=["inf", "1e300", "2^31ms+1s"])
+def test_route_and_events_without_a_limit_wait(scratch: Netns, timeout: float) -> None:
+    """A Route with timeout=inf, 1e300 or just over 2^31 ms answers its dumps and
+    changes, and an events() stream with that timeout waits for the next event
+    (seen in poll()) instead of timing out at once, and gets it."""
+    with rtnl.Route(scratch.name, timeout=timeout) as ip:
+        assert "veth0" in {link.name for link in ip.links()}
+        ip.add_route("10.92.0.0/16", gateway="192.0.2.2")
+        events = ip.events(groups=["ipv4_route"], timeout=timeout)
+        worker = Worker(next, events)
+        try:
+            wait_in_poll(worker)
+            scratch.ip("route", "add", "10.91.0.0/16", "via", "192.0.2.2")
+            event = worker.outcome()
+        finally:
+            scratch.ip("route", "add", "10.93.0.0/16", "via", "192.0.2.2", check=False)
+            worker.join()
+            events.close()
+    assert isinstance(event, RouteEntry)
+    assert (event.dst, event.dst_len, event.deleted) == ("10.91.0.0", 16, False)
 
 
 def test_link_names_that_are_not_utf8_read_as_text(scratch: Netns) -> None:

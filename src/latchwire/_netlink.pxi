@@ -14,6 +14,7 @@
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.unicode cimport PyUnicode_FromString
+from libc.limits cimport INT_MAX
 from libc.stdint cimport int32_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcpy
 
@@ -119,12 +120,32 @@ cdef object _recv_error(int err):
     return _oserror(err)
 
 
+# poll()'s timeout for a wait until the monotonic deadline (-1: none): -1, or
+# milliseconds rounded up, at most INT_MAX (a longer wait is made of several);
+# 0 once the deadline has passed.
+cdef inline int lw_poll_ms(double deadline) noexcept nogil:
+    cdef double left
+    cdef int ms
+    if deadline < 0:
+        return -1
+    left = (deadline - lw_now()) * 1000
+    if left <= 0:
+        return 0
+    if left >= INT_MAX:
+        return INT_MAX
+    ms = <int>left
+    return ms + 1 if ms < left else ms
+
+
 @cython.final
 @cython.auto_pickle(False)
 cdef class _Channel:
     """One netlink socket: created in a namespace, connected to the kernel.
 
-    Owned by one thread at a time (the netlink.Socket using it).
+    Owned by one thread at a time (the netlink.Socket using it). Every wait
+    takes a timeout checked as every latchwire wait's is (check_timeout): None,
+    inf or more than about 31 years is no limit; NaN or a negative number is a
+    ValueError, a non-number a TypeError.
 
     Whatever receive reports ENOBUFS (the peek, the read after it, the drop of
     a datagram), it is raised as Overrun: the kernel reports a loss once,
@@ -202,16 +223,16 @@ cdef class _Channel:
                 raise _oserror(err)
             PyErr_CheckSignals()
 
-    # Wait up to timeout (None: forever, 0: not at all) for a datagram from the
-    # kernel and peek at it: its length, with its first NL_PEEK_BUFFER bytes
-    # in self.peekbuf, or -1 if none came. A datagram peeked already and not
-    # yet taken is the answer at once. Datagrams from any other sender are
-    # dropped; Overrun on ENOBUFS; a signal handler's exception ends the wait.
-    cdef Py_ssize_t _peek(self, timeout) except -2:
+    # Wait until the monotonic deadline (-1: none; now: do not wait) for a
+    # datagram from the kernel and peek at it: its length, with its first
+    # NL_PEEK_BUFFER bytes in self.peekbuf, or -1 if none came. A datagram
+    # peeked already and not yet taken is the answer at once. Datagrams from
+    # any other sender are dropped; Overrun on ENOBUFS; a signal handler's
+    # exception ends the wait.
+    cdef Py_ssize_t _peek(self, double deadline) except -2:
         self._check_open()
         if self.peeked >= 0:
             return self.peeked
-        cdef double deadline = -1 if timeout is None else lw_now() + <double>timeout
         cdef pollfd pfd
         cdef Py_ssize_t n, forged
         cdef int rc, wait_ms, err
@@ -243,12 +264,9 @@ cdef class _Channel:
                 continue
             if err != EAGAIN:
                 raise _recv_error(err)
-            if deadline < 0:
-                wait_ms = -1
-            else:
-                wait_ms = <int>((deadline - lw_now()) * 1000 + 0.999)
-                if wait_ms <= 0:
-                    return -1
+            wait_ms = lw_poll_ms(deadline)
+            if wait_ms == 0:
+                return -1
             pfd.fd = self.fd
             pfd.events = POLLIN
             with nogil:
@@ -297,7 +315,7 @@ cdef class _Channel:
         """The length of the next datagram from the kernel, which stays queued
         (the next recv, discard or recv_into takes it without waiting), or None
         if none came within timeout (0: do not wait). Overrun as recv()."""
-        cdef Py_ssize_t n = self._peek(timeout)
+        cdef Py_ssize_t n = self._peek(lw_deadline(timeout))
         return None if n < 0 else n
 
     def recv(self, timeout=None):
@@ -307,13 +325,13 @@ cdef class _Channel:
         Overrun (ENOBUFS) if the kernel had to drop messages for this socket;
         the socket stays usable. A signal handler's exception ends a wait.
         """
-        cdef Py_ssize_t n = self._peek(timeout)
+        cdef Py_ssize_t n = self._peek(lw_deadline(timeout))
         return None if n < 0 else self._take(n)
 
     def discard(self, timeout=None):
         """Drop the next datagram unread (nothing is copied); False if none came
         within timeout. Overrun as recv()."""
-        if self._peek(timeout) < 0:
+        if self._peek(lw_deadline(timeout)) < 0:
             return False
         self._consume(NULL)
         return True
@@ -329,8 +347,9 @@ cdef class _Channel:
         NLMSG_DONE carrying an error, which ends the datagram's walk. Overrun
         as recv().
         """
+        cdef double deadline = lw_deadline(timeout)
         cdef long long want = -1 if seq is None else <unsigned int>seq
-        cdef Py_ssize_t n = self._peek(timeout)
+        cdef Py_ssize_t n = self._peek(deadline)
         cdef bytes data
         cdef char *peeked = self.peekbuf
         if n < 0:

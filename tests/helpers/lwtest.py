@@ -17,7 +17,9 @@ Whether a waiter is blocked is observed in the kernel, never guessed from a
 sleep: a ``->`` line in /proc/locks for a kernel wait (``kernel_waiters``,
 ``wait_in_kernel``), the thread sitting in ``futex(FUTEX_WAIT)`` for a wait on
 latchwire's in-process record (``in_futex_wait``, ``wait_in_futex``) or on a
-Mutex or RWLock (``wait_until_blocked``, which also serves ``interrupted_in_main``).
+Mutex or RWLock (``wait_until_blocked``, which also serves ``interrupted_in_main``),
+the thread sitting in ``poll()`` for a netlink wait (``wait_in_poll``, which also
+reads the timeout the core passed to poll).
 Every wait is bounded, so a bug fails a test instead of hanging it; the
 ``watchdog`` fixture (``GUARD``) ends the run if a test hangs anyway.
 
@@ -464,6 +466,47 @@ def wait_until_blocked(tid: int, returned: threading.Event, timeout: float = BOU
         streak = streak + 1 if word is not None and word == last else int(word is not None)
         last = word
         time.sleep(0.001)
+
+
+# poll() as /proc/self/task/TID/syscall shows it: its number, and the field with its
+# timeout in ms (x86_64); aarch64 has only ppoll, whose timeout is a pointer.
+_POLL = {"x86_64": (7, 3), "aarch64": (73, None)}
+
+
+def poll_timeout(tid: int) -> int | None:
+    """The timeout thread tid of this process passed to the poll() it sits in
+    (ms, -1 for none; 0 where /proc does not show it), or None if it is in no poll()."""
+    nr, field = _POLL.get(platform.machine(), (None, None))
+    try:
+        with open(f"/proc/self/task/{tid}/syscall") as f:
+            fields = f.read().split()
+    except OSError:
+        return None
+    if nr is None or not fields or fields[0] != str(nr):
+        return None
+    if field is None or len(fields) <= field:
+        return 0
+    ms = int(fields[field], 16) & 0xFFFFFFFF
+    return ms - (1 << 32) if ms & 0x80000000 else ms
+
+
+def wait_in_poll(worker: Worker, timeout: float = BOUND) -> int:
+    """Once worker's thread is seen in poll() on 3 polls in a row (1 ms apart),
+    with the same timeout, that timeout (see poll_timeout); fail if the thread
+    ends first. Needs a known poll syscall number (need())."""
+    need(platform.machine() in _POLL, f"poll syscall number unknown on {platform.machine()}")
+    deadline = time.monotonic() + timeout
+    last, streak = None, 0
+    while streak < 3:
+        assert not worker.done.is_set(), (
+            f"the call returned instead of waiting: {worker.error!r} {worker.result!r}")
+        assert time.monotonic() < deadline, "the thread never waited in poll()"
+        ms = poll_timeout(worker.tid)
+        streak = streak + 1 if ms is not None and ms == last else int(ms is not None)
+        last = ms
+        time.sleep(0.001)
+    assert last is not None
+    return last
 
 
 def interrupted_in_main(call: Callable[[], Any], give_up: Callable[[], None],
