@@ -214,6 +214,8 @@ cdef class _Channel:
         cdef int err = 0
         while True:
             with nogil:
+                if lw_perturb_on:
+                    lw_perturb_pause()
                 n = send(self.fd, &data[0], data.shape[0], 0)
                 if n < 0:
                     err = errno
@@ -249,6 +251,8 @@ cdef class _Channel:
             hdr.msg_iov = &iov
             hdr.msg_iovlen = 1
             with nogil:
+                if lw_perturb_on:
+                    lw_perturb_pause()
                 n = recvmsg(self.fd, &hdr, MSG_PEEK | MSG_TRUNC | MSG_DONTWAIT)
                 err = errno if n < 0 else 0
                 if n >= 0 and sender.nl_pid != 0:   # not the kernel: forged, dropped
@@ -270,6 +274,8 @@ cdef class _Channel:
             pfd.fd = self.fd
             pfd.events = POLLIN
             with nogil:
+                if lw_perturb_on:
+                    lw_perturb_pause()
                 rc = poll(&pfd, 1, wait_ms)
                 err = errno if rc < 0 else 0
             if rc < 0 and err == EINTR:
@@ -287,6 +293,8 @@ cdef class _Channel:
         self.peeked = -1
         while True:
             with nogil:
+                if lw_perturb_on:
+                    lw_perturb_pause()
                 err = lw_nl_take(self.fd, buf, want if buf != NULL else 0, &got)
             if err == 0:
                 break
