@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import math
 import os
 import platform
 import secrets
@@ -41,8 +42,8 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import pytest
-from lwnetns import IP, Netns, drop_netns, host_links, make_netns
-from lwtest import BOUND, WAIT, Worker, need
+from lwnetns import IP, Churn, Netns, drop_netns, host_links, make_netns
+from lwtest import BOUND, WAIT, Worker, busy_thread, need, wait_in_poll
 
 import latchwire
 from latchwire import netlink
@@ -1004,3 +1005,259 @@ def test_pool_serves_threads_with_sockets_of_their_own(ns: Netns) -> None:
     pool.close()
     with pytest.raises(ValueError):
         pool.transact(getlink("lo"))
+
+
+# ---------------------------------------------------------------------------
+# Every ENOBUFS is an Overrun
+
+IFADDRMSG = struct.Struct("=BBBBI")  # family, prefixlen, flags, scope, index
+IFA_ADDRESS = 1
+IFA_LOCAL = 2
+
+
+def address_request(type: int, address: str, index: int) -> Request:
+    """RTM_NEWADDR/RTM_DELADDR of the IPv4 address/32 on link index."""
+    packed = socket.inet_aton(address)
+    flags = netlink.NLM_F_CREATE | netlink.NLM_F_EXCL if type == netlink.RTM_NEWADDR else 0
+    return Request(type, flags, IFADDRMSG.pack(socket.AF_INET, 32, 0, 0, index),
+                   netlink.attr(IFA_LOCAL, packed) + netlink.attr(IFA_ADDRESS, packed))
+
+
+def address_of(msg: Message) -> str:
+    """The address an RTM_NEWADDR/RTM_DELADDR message is about."""
+    assert msg.type in (netlink.RTM_NEWADDR, netlink.RTM_DELADDR), msg
+    return msg.attrs(IFADDRMSG.size).ip(IFA_LOCAL)
+
+
+# Each way a datagram peeked at is then read: (the socket, its channel) -> what it gives.
+TAKES: dict[str, Callable[[Socket, Any], object]] = {
+    "Socket.recv": lambda sock, chan: sock.recv(timeout=0),
+    "Socket.recv-decode": lambda sock, chan: sock.recv(timeout=0, decode=True),
+    "channel.recv": lambda sock, chan: chan.recv(0),
+    "channel.discard": lambda sock, chan: chan.discard(0),
+    "channel.recv_into-records": lambda sock, chan: chan.recv_into([], 0, None, True),
+    "channel.recv_into-messages": lambda sock, chan: chan.recv_into([], 0, None, False),
+    "channel.recv_into-dump": lambda sock, chan: chan.recv_into([], 0, 1, True),
+}
+
+
+@pytest.mark.parametrize("take", list(TAKES))
+def test_enobufs_between_peek_and_read_is_an_overrun(fresh_ns: Netns, take: str) -> None:
+    """The kernel reports lost notifications (ENOBUFS) once, to whichever receive
+    comes next, before any datagram: a notification dropped after the channel
+    peeked at a datagram and before it reads it makes the read fail. Forced step
+    by step in RTNLGRP_IPV4_IFADDR with the smallest receive buffer (2304 bytes,
+    two or three notifications): an address added (one notification queued), the
+    channel peeks at it (``peek()``: it stays queued, a second peek looks no
+    further), 16 more added (each notification is queued or dropped before the
+    kernel ACKs the change), then the datagram is read, each way there is: Overrun
+    (ENOBUFS), never a plain OSError. The datagram peeked is still queued and comes
+    next, whole; once the stale ones are read out, notifications arrive again.
+    Twice on one socket."""
+    index = fresh_ns.links()["veth0"]
+    with Socket(netlink.NETLINK_ROUTE, netns=fresh_ns.name) as changer, \
+            Socket(netlink.NETLINK_ROUTE, netns=fresh_ns.name, rcvbuf=1) as sock:
+        sock.join_group(netlink.RTNLGRP_IPV4_IFADDR)
+        chan = sock._own()
+        for round in range(2):
+            first = f"10.77.{round}.1"
+            assert changer.transact(address_request(netlink.RTM_NEWADDR, first, index),
+                                    timeout=BOUND) is None
+            length = chan.peek(0)
+            assert length is not None and chan.peek(0) == length
+            for i in range(2, 18):
+                changer.transact(address_request(netlink.RTM_NEWADDR, f"10.77.{round}.{i}",
+                                                 index), timeout=BOUND)
+            with pytest.raises(latchwire.Overrun) as caught:
+                TAKES[take](sock, chan)
+            assert caught.value.errno == errno.ENOBUFS
+            (msg,) = sock.recv(timeout=0)
+            assert (msg.type, address_of(msg)) == (netlink.RTM_NEWADDR, first)
+            assert NLMSGHDR.size + len(msg.payload) == length
+            with pytest.raises(TimeoutError):
+                while True:  # the few that fitted, then nothing: the losses were reported
+                    assert msg.type == netlink.RTM_NEWADDR
+                    (msg,) = sock.recv(timeout=0)
+            again = f"10.77.{round}.100"
+            changer.transact(address_request(netlink.RTM_NEWADDR, again, index), timeout=BOUND)
+            (msg,) = sock.recv(timeout=BOUND)
+            assert address_of(msg) == again
+
+
+# Each way of reading notifications, slowly: (the socket, its channel) -> what it gives.
+SLOW_READS: dict[str, Callable[[Socket, Any], object]] = {
+    "Socket.recv": lambda sock, chan: sock.recv(timeout=BOUND),
+    "Socket.recv-decode": lambda sock, chan: sock.recv(timeout=BOUND, decode=True),
+    "channel.recv_into-messages": lambda sock, chan: chan.recv_into([], BOUND, None, False),
+    "channel.recv_into-dump": lambda sock, chan: chan.recv_into([], BOUND, 1, True),
+    "channel.discard": lambda sock, chan: chan.discard(BOUND),
+}
+CHURN_ROUNDS = 8  # sockets, one after the other
+CHURN_ROUND = 0.1  # seconds each reads for
+
+
+@pytest.mark.parametrize("read", list(SLOW_READS))
+def test_a_slow_reader_under_churn_sees_only_overruns(fresh_ns: Netns, read: str) -> None:
+    """While another process adds and removes addresses and takes a link down and up
+    again and again, sockets with a small receive buffer in RTNLGRP_LINK and
+    RTNLGRP_IPV4_IFADDR read slowly, each way there is: 0.5 ms between reads, and
+    another thread keeps the GIL busy, so that after each socket call the reader
+    waits for it (which is when a loss can come between a peek and its read). The
+    kernel drops notifications all the time (1 to 3 Overruns a round), and what
+    comes out is a read or an Overrun, never anything else: not a plain
+    OSError(ENOBUFS), which a loss reported to the read after a peek used to give
+    (about one loss in a hundred here, so this may miss it: the test above forces
+    it), nor a timeout."""
+    outcomes: Counter[str] = Counter()
+    per_round = []
+    with Churn(fresh_ns) as churn, busy_thread():
+        for _ in range(CHURN_ROUNDS):
+            overruns = outcomes["Overrun"]
+            with Socket(netlink.NETLINK_ROUTE, netns=fresh_ns.name, rcvbuf=4096) as sock:
+                sock.join_group(netlink.RTNLGRP_LINK)
+                sock.join_group(netlink.RTNLGRP_IPV4_IFADDR)
+                chan = sock._own()
+                end = time.monotonic() + CHURN_ROUND
+                while time.monotonic() < end:
+                    try:
+                        SLOW_READS[read](sock, chan)
+                        outcomes["read"] += 1
+                    except latchwire.Overrun as lost:
+                        assert lost.errno == errno.ENOBUFS
+                        outcomes["Overrun"] += 1
+                    except Exception as other:
+                        outcomes[repr(other)] += 1
+                    time.sleep(0.0005)
+            per_round.append(outcomes["Overrun"] - overruns)
+    print(f"{read}: {dict(outcomes)}, Overruns by round {per_round}, {churn.batches} batches")
+    assert set(outcomes) == {"read", "Overrun"}, outcomes
+
+
+# ---------------------------------------------------------------------------
+# Timeouts
+
+INT_MAX = 2**31 - 1
+# Timeouts that must not end a wait early, and what the core passes to poll() for
+# them: -1 (no limit) or INT_MAX ms (a wait of 24.8 days, then the deadline looked at
+# again).
+NO_LIMIT = {"inf": (math.inf, -1), "1e300": (1e300, -1), "1e10": (1e10, -1),
+            "2^31ms+1s": (2**31 / 1000 + 1, INT_MAX), "1e9": (1e9, INT_MAX)}
+# Every way to wait for a notification: (the socket, its channel, timeout) -> what came.
+WAITS: dict[str, Callable[[Socket, Any, float], object]] = {
+    "Socket.recv": lambda sock, chan, t: sock.recv(timeout=t),
+    "Socket.recv-decode": lambda sock, chan, t: sock.recv(timeout=t, decode=True),
+    "channel.recv": lambda sock, chan, t: chan.recv(t),
+    "channel.peek": lambda sock, chan, t: chan.peek(t),
+    "channel.discard": lambda sock, chan, t: chan.discard(t),
+    "channel.recv_into": lambda sock, chan, t: chan.recv_into([], t, None, False),
+}
+
+
+@pytest.mark.parametrize("limit", list(NO_LIMIT))
+@pytest.mark.parametrize("wait", list(WAITS))
+def test_waits_without_a_limit_wait(ns: Netns, wait: str, limit: str) -> None:
+    """A wait for a notification with timeout=inf, 1e300, 1e10, just over 2^31 ms or
+    1e9 s (about 31 years) waits (it used to time out at once): the thread is seen
+    in poll() with -1 (no limit) or INT_MAX ms (a chunk; the deadline is looked at
+    again after it), still there a while later (0.2 s, for inf), and it gets the
+    notification of an address added then."""
+    timeout, poll_ms = NO_LIMIT[limit]
+    index = ns.links()["veth0"]
+    address = "10.78.0.1"
+    with Socket(netlink.NETLINK_ROUTE, netns=ns.name) as changer, \
+            Socket(netlink.NETLINK_ROUTE, netns=ns.name) as sock:
+        sock.join_group(netlink.RTNLGRP_IPV4_IFADDR)
+        chan = sock._own()
+        worker = Worker(WAITS[wait], sock, chan, timeout)
+        try:
+            seen = wait_in_poll(worker)
+            if platform.machine() == "x86_64":
+                assert seen == poll_ms
+            if limit == "inf":
+                assert not worker.done.wait(0.2), worker.error
+            changer.transact(address_request(netlink.RTM_NEWADDR, address, index),
+                             timeout=BOUND)
+            got = worker.outcome()
+        finally:  # the address goes; a wait still blocked gets a notification and ends
+            changer.transact_many([address_request(netlink.RTM_NEWADDR, address, index),
+                                   address_request(netlink.RTM_DELADDR, address, index)],
+                                  timeout=BOUND)
+            worker.join()
+        if wait in ("Socket.recv", "Socket.recv-decode"):
+            assert isinstance(got, list) and len(got) == 1, got
+        elif wait == "channel.recv_into":
+            assert got == (0, None)
+        else:
+            assert got
+
+
+# Timeouts every wait refuses, and what it raises.
+BAD_TIMEOUTS = {"nan": (math.nan, ValueError), "negative": (-0.5, ValueError),
+                "-inf": (-math.inf, ValueError), "string": ("1", TypeError),
+                "list": ([1], TypeError)}
+# Every netlink entry point that waits: (the socket, a pool, timeout) -> the call.
+ENTRIES: dict[str, Callable[[Socket, netlink.Pool, Any], object]] = {
+    "Socket.recv": lambda sock, pool, t: sock.recv(timeout=t),
+    "Socket.recv-decode": lambda sock, pool, t: sock.recv(timeout=t, decode=True),
+    "Socket.transact": lambda sock, pool, t: sock.transact(getlink("veth0"), timeout=t),
+    "Socket.transact_many": lambda sock, pool, t: sock.transact_many([getlink("veth0")],
+                                                                    timeout=t),
+    "Socket.dump": lambda sock, pool, t: sock.dump(link_dump(), timeout=t),
+    "Socket.dump-retries": lambda sock, pool, t: sock.dump(link_dump(), retries=2, timeout=t),
+    "Dump": lambda sock, pool, t: netlink.Dump(sock, sock._new_channel(joined=False),
+                                               link_dump(), 0, t, owned=True),
+    "Pool.transact": lambda sock, pool, t: pool.transact(getlink("veth0"), timeout=t),
+    "Pool.transact_many": lambda sock, pool, t: pool.transact_many([getlink("veth0")],
+                                                                  timeout=t),
+    "channel.peek": lambda sock, pool, t: sock._own().peek(t),
+    "channel.recv": lambda sock, pool, t: sock._own().recv(t),
+    "channel.discard": lambda sock, pool, t: sock._own().discard(t),
+    "channel.recv_into": lambda sock, pool, t: sock._own().recv_into([], t),
+}
+
+
+@pytest.mark.parametrize("bad", list(BAD_TIMEOUTS))
+@pytest.mark.parametrize("entry", list(ENTRIES))
+def test_bad_timeouts_are_refused_before_anything_is_sent(ns: Netns, entry: str,
+                                                          bad: str) -> None:
+    """NaN, a negative number and -inf raise ValueError, a string or a list
+    TypeError, from every call that waits, at once: nothing was sent (no answer
+    queued), no socket borrowed from a pool, and the socket still works. NaN used
+    to time out instead, as if it were 0."""
+    timeout, error = BAD_TIMEOUTS[bad]
+    links = ns.links()
+    with Socket(netlink.NETLINK_ROUTE, netns=ns.name) as sock:
+        pool = netlink.Pool(netlink.NETLINK_ROUTE, netns=ns.name)
+        try:
+            with pytest.raises(error, match="timeout"):
+                ENTRIES[entry](sock, pool, timeout)
+            assert pool._idle == []
+        finally:
+            pool.close()
+        assert_nothing_queued(sock)
+        assert_link_reply(sock.transact(getlink("veth0"), timeout=BOUND), "veth0",
+                          links["veth0"])
+
+
+@pytest.mark.parametrize("limit", list(NO_LIMIT))
+def test_calls_without_a_limit_are_answered(ns: Netns, limit: str) -> None:
+    """Transactions, dumps and a pool's transactions with a timeout beyond any limit
+    (inf, 1e300, ...) are answered as without one: they used to time out at once
+    whenever the answer was not queued yet."""
+    timeout, _ = NO_LIMIT[limit]
+    links = ns.links()
+    with Socket(netlink.NETLINK_ROUTE, netns=ns.name) as sock:
+        assert_link_reply(sock.transact(getlink("veth0"), timeout=timeout), "veth0",
+                          links["veth0"])
+        (reply,) = sock.transact_many([getlink("lo")], timeout=timeout)
+        assert_link_reply(reply, "lo", links["lo"])  # type: ignore[arg-type]
+        assert links_of(sock.dump(link_dump(), timeout=timeout)) == links
+        assert links_of(sock.dump(link_dump(), retries=2, timeout=timeout)) == links
+        pool = netlink.Pool(netlink.NETLINK_ROUTE, netns=ns.name)
+        try:
+            assert_link_reply(pool.transact(getlink("veth1"), timeout=timeout), "veth1",
+                              links["veth1"])
+            (reply,) = pool.transact_many([getlink("veth0")], timeout=timeout)
+            assert_link_reply(reply, "veth0", links["veth0"])  # type: ignore[arg-type]
+        finally:
+            pool.close()

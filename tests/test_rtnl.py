@@ -44,8 +44,8 @@ from typing import Any, NamedTuple, TypeVar
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from lwnetns import IP, Netns, drop_netns, make_netns
-from lwtest import WAIT
+from lwnetns import IP, Churn, Netns, drop_netns, make_netns
+from lwtest import BOUND, WAIT, Worker, busy_thread, wait_in_poll
 
 from latchwire import _core, netlink, rtnl
 from latchwire.errors import NetlinkError, Overrun, ProtocolError
@@ -949,6 +949,135 @@ def test_async_events_arrive_without_a_thread_and_aclose_closes(scratch: Netns) 
         event = asyncio.run(watch(ip))
     assert (event.dst, event.dst_len, event.gateway, event.deleted) == (
         "10.90.0.0", 16, "192.0.2.2", False)
+
+
+def stream_socket(events: Iterator[rtnl.Event]) -> Socket:
+    """The socket an events() stream reads, reached through its generator's frame."""
+    stream = events.gi_frame.f_locals["self"]  # type: ignore[attr-defined]
+    assert isinstance(stream, rtnl._EventStream)
+    return stream._sock
+
+
+@pytest.mark.parametrize("resync", [False, True], ids=["raise", "resync"])
+def test_enobufs_between_peek_and_read_in_an_event_stream(scratch: Netns,
+                                                          resync: bool) -> None:
+    """A loss reported to the read that follows a peek (ENOBUFS between the two),
+    forced step by step on the stream's socket (smallest receive buffer): an
+    address added, the datagram peeked at, 16 more added, most of them dropped.
+    Without resync the stream raises Overrun and has ended (its socket closed);
+    with it, the stream resyncs: a Resync marker of exactly the 17 addresses it
+    had not seen, then those addresses. Never a plain OSError."""
+    index = scratch.links()["veth0"]
+    added = {f"10.77.0.{i}" for i in range(1, 18)}
+    with rtnl.Route(scratch.name) as changer, rtnl.Route(scratch.name, rcvbuf=1) as ip:
+        events = ip.events(groups=["ipv4_addr"], resync=resync, timeout=WAIT)
+        sock = stream_socket(events)
+        changer.add_address(index, "10.77.0.1/32")
+        chan = sock._own()
+        assert chan.peek(0)
+        for address in sorted(added - {"10.77.0.1"}):
+            changer.add_address(index, f"{address}/32")
+        if not resync:
+            with pytest.raises(Overrun) as lost:
+                next(events)
+            assert lost.value.errno == errno.ENOBUFS
+            assert sock._closed
+            with pytest.raises(StopIteration):
+                next(events)
+            return
+        marker = next(events)
+        assert marker == Resync(added=17, changed=0, removed=0)
+        diffs = [next(events) for _ in range(17)]
+        events.close()
+    assert all(isinstance(e, Address) and not e.deleted for e in diffs), diffs
+    assert {e.local for e in diffs if isinstance(e, Address)} == added
+
+
+STREAM_ROUNDS = {False: 40, True: 6}  # streams, one after the other, by resync
+STREAM_ROUND = 0.1  # seconds a resyncing stream is read for
+
+
+@pytest.mark.parametrize("resync", [False, True], ids=["raise", "resync"])
+def test_event_streams_of_a_slow_reader_under_churn(scratch: Netns, resync: bool) -> None:
+    """While another process adds and removes addresses and takes a link down and up
+    again and again, event streams with a small receive buffer are read slowly (0.5
+    ms between events, another thread keeping the GIL busy). Without resync, every
+    stream ends with Overrun (and nothing else: no plain OSError, which one loss
+    in a hundred or so used to give, no timeout); with it, streams resync, again
+    and again, and never end. (The loss between a peek and its read is forced in
+    the test above.)"""
+    outcomes: Counter[str] = Counter()
+    with Churn(scratch) as churn, busy_thread(), \
+            rtnl.Route(scratch.name, rcvbuf=4096) as ip:
+        for _ in range(STREAM_ROUNDS[resync]):
+            events = ip.events(groups=["link", "ipv4_addr"], resync=resync, timeout=BOUND)
+            end = time.monotonic() + STREAM_ROUND
+            try:
+                for event in events:
+                    outcomes["Resync" if isinstance(event, Resync) else "event"] += 1
+                    if resync and time.monotonic() > end:
+                        break
+                    time.sleep(0.0005)
+            except Overrun as lost:
+                assert lost.errno == errno.ENOBUFS
+                outcomes["Overrun"] += 1
+                with pytest.raises(StopIteration):
+                    next(events)
+            except Exception as other:
+                outcomes[repr(other)] += 1
+            finally:
+                events.close()
+    print(f"resync={resync}: {dict(outcomes)}, {churn.batches} batches")
+    if resync:
+        assert set(outcomes) == {"event", "Resync"}, outcomes
+    else:
+        assert set(outcomes) <= {"event", "Overrun"}, outcomes
+        assert outcomes["Overrun"] == STREAM_ROUNDS[resync], outcomes
+
+
+BAD_TIMEOUTS = {"nan": (float("nan"), ValueError), "negative": (-0.5, ValueError),
+                "string": ("1", TypeError)}
+
+
+@pytest.mark.parametrize("bad", list(BAD_TIMEOUTS))
+def test_route_and_events_refuse_bad_timeouts_at_once(scratch: Netns, bad: str) -> None:
+    """Route(timeout=NaN or a negative number) raises ValueError, a string
+    TypeError, before any socket is made; events() likewise when it is called,
+    before it joins any group (no descriptor left open). NaN used to time out."""
+    timeout, error = BAD_TIMEOUTS[bad]
+    fds = open_fds()
+    with pytest.raises(error, match="timeout"):
+        rtnl.Route(scratch.name, timeout=timeout)
+    assert open_fds() == fds
+    with rtnl.Route(scratch.name) as ip:
+        inside = open_fds()
+        with pytest.raises(error, match="timeout"):
+            ip.events(groups=["link"], timeout=timeout)
+        assert open_fds() == inside
+    assert open_fds() == fds
+
+
+@pytest.mark.parametrize("timeout", [float("inf"), 1e300, 2**31 / 1000 + 1],
+                         ids=["inf", "1e300", "2^31ms+1s"])
+def test_route_and_events_without_a_limit_wait(scratch: Netns, timeout: float) -> None:
+    """A Route with timeout=inf, 1e300 or just over 2^31 ms answers its dumps and
+    changes, and an events() stream with that timeout waits for the next event
+    (seen in poll()) instead of timing out at once, and gets it."""
+    with rtnl.Route(scratch.name, timeout=timeout) as ip:
+        assert "veth0" in {link.name for link in ip.links()}
+        ip.add_route("10.92.0.0/16", gateway="192.0.2.2")
+        events = ip.events(groups=["ipv4_route"], timeout=timeout)
+        worker = Worker(next, events)
+        try:
+            wait_in_poll(worker)
+            scratch.ip("route", "add", "10.91.0.0/16", "via", "192.0.2.2")
+            event = worker.outcome()
+        finally:
+            scratch.ip("route", "add", "10.93.0.0/16", "via", "192.0.2.2", check=False)
+            worker.join()
+            events.close()
+    assert isinstance(event, RouteEntry)
+    assert (event.dst, event.dst_len, event.deleted) == ("10.91.0.0", 16, False)
 
 
 def test_link_names_that_are_not_utf8_read_as_text(scratch: Netns) -> None:

@@ -8,10 +8,13 @@
 # process is still possible, so every datagram whose sender is not the kernel
 # is dropped on receipt. Receiving peeks at the datagram's true length and
 # sender first (recvmsg with MSG_PEEK|MSG_TRUNC), so a datagram of any size
-# comes out whole; the GIL is released only while waiting for one.
+# comes out whole; the GIL is released only around the socket calls. Every
+# receive error becomes an exception in one place (_recv_error): ENOBUFS, the
+# kernel's word that notifications were lost, is always an Overrun.
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.unicode cimport PyUnicode_FromString
+from libc.limits cimport INT_MAX
 from libc.stdint cimport int32_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcpy
 
@@ -95,20 +98,69 @@ cdef int lw_nl_open(int protocol, int netns_fd, unsigned int *pid, int *err) noe
     return fd
 
 
+# Take the datagram at the head of fd's queue without waiting: copy its first
+# size bytes to buf (buf NULL, size 0: copy nothing), drop it from the queue,
+# and put its whole length in *length. 0, or a positive errno: EAGAIN if none
+# is queued, ENOBUFS if the kernel dropped notifications since the last
+# receive (reported once, the datagram still queued).
+cdef int lw_nl_take(int fd, void *buf, size_t size, Py_ssize_t *length) noexcept nogil:
+    cdef ssize_t got = recv(fd, buf, size, MSG_TRUNC | MSG_DONTWAIT)
+    if got < 0:
+        return errno
+    length[0] = got
+    return 0
+
+
+# The exception for a receive that failed with the positive errno err: Overrun
+# for ENOBUFS (notifications were lost), whichever call reported it; else the
+# OSError for err.
+cdef object _recv_error(int err):
+    if err == ENOBUFS:
+        return Overrun(ENOBUFS, "netlink notifications were lost: resync")
+    return _oserror(err)
+
+
+# poll()'s timeout for a wait until the monotonic deadline (-1: none): -1, or
+# milliseconds rounded up, at most INT_MAX (a longer wait is made of several);
+# 0 once the deadline has passed.
+cdef inline int lw_poll_ms(double deadline) noexcept nogil:
+    cdef double left
+    cdef int ms
+    if deadline < 0:
+        return -1
+    left = (deadline - lw_now()) * 1000
+    if left <= 0:
+        return 0
+    if left >= INT_MAX:
+        return INT_MAX
+    ms = <int>left
+    return ms + 1 if ms < left else ms
+
+
 @cython.final
 @cython.auto_pickle(False)
 cdef class _Channel:
     """One netlink socket: created in a namespace, connected to the kernel.
 
-    Owned by one thread at a time (the netlink.Socket using it).
+    Owned by one thread at a time (the netlink.Socket using it). Every wait
+    takes a timeout checked as every latchwire wait's is (check_timeout): None,
+    inf or more than about 31 years is no limit; NaN or a negative number is a
+    ValueError, a non-number a TypeError.
+
+    Whatever receive reports ENOBUFS (the peek, the read after it, the drop of
+    a datagram), it is raised as Overrun: the kernel reports a loss once,
+    before any datagram, so it can come between a peek and the read that
+    follows, the datagram peeked staying queued for the next call.
     """
     cdef readonly int fd
     cdef readonly unsigned int pid
-    cdef bytearray peek        # reused receive buffer
+    cdef bytearray peekbuf     # reused receive buffer: the start of the datagram peeked
+    cdef Py_ssize_t peeked     # that datagram's length, until it is taken; -1: none peeked
 
     def __cinit__(self, int protocol, int netns_fd=-1, int rcvbuf=0, bint strict=False):
         cdef int err = 0
         self.fd = -1
+        self.peeked = -1
         with nogil:
             self.fd = lw_nl_open(protocol, netns_fd, &self.pid, &err)
         if self.fd < 0:
@@ -126,7 +178,7 @@ cdef class _Channel:
         if err:
             self.close()
             raise _oserror(err)
-        self.peek = bytearray(NL_PEEK_BUFFER)
+        self.peekbuf = bytearray(NL_PEEK_BUFFER)
 
     def __dealloc__(self):
         if self.fd >= 0:
@@ -134,6 +186,7 @@ cdef class _Channel:
 
     def close(self):
         """Close the socket (idempotent)."""
+        self.peeked = -1
         if self.fd >= 0:
             close(self.fd)
             self.fd = -1
@@ -161,6 +214,8 @@ cdef class _Channel:
         cdef int err = 0
         while True:
             with nogil:
+                if lw_perturb_on:
+                    lw_perturb_pause()
                 n = send(self.fd, &data[0], data.shape[0], 0)
                 if n < 0:
                     err = errno
@@ -170,20 +225,23 @@ cdef class _Channel:
                 raise _oserror(err)
             PyErr_CheckSignals()
 
-    # Wait up to timeout (None: forever, 0: not at all) for a datagram from the
-    # kernel and peek at it: its length, with its first NL_PEEK_BUFFER bytes
-    # in self.peek, or -1 if none came. Datagrams from any other sender are
-    # dropped; Overrun on ENOBUFS; a signal handler's exception ends the wait.
-    cdef Py_ssize_t _peek(self, timeout) except -2:
+    # Wait until the monotonic deadline (-1: none; now: do not wait) for a
+    # datagram from the kernel and peek at it: its length, with its first
+    # NL_PEEK_BUFFER bytes in self.peekbuf, or -1 if none came. A datagram
+    # peeked already and not yet taken is the answer at once. Datagrams from
+    # any other sender are dropped; Overrun on ENOBUFS; a signal handler's
+    # exception ends the wait.
+    cdef Py_ssize_t _peek(self, double deadline) except -2:
         self._check_open()
-        cdef double deadline = -1 if timeout is None else lw_now() + <double>timeout
+        if self.peeked >= 0:
+            return self.peeked
         cdef pollfd pfd
-        cdef ssize_t n
+        cdef Py_ssize_t n, forged
         cdef int rc, wait_ms, err
         cdef sockaddr_nl sender
         cdef iovec iov
         cdef msghdr hdr
-        cdef char *buf = self.peek
+        cdef char *buf = self.peekbuf
         while True:
             memset(&hdr, 0, sizeof(hdr))
             iov.iov_base = buf
@@ -193,63 +251,80 @@ cdef class _Channel:
             hdr.msg_iov = &iov
             hdr.msg_iovlen = 1
             with nogil:
+                if lw_perturb_on:
+                    lw_perturb_pause()
                 n = recvmsg(self.fd, &hdr, MSG_PEEK | MSG_TRUNC | MSG_DONTWAIT)
                 err = errno if n < 0 else 0
                 if n >= 0 and sender.nl_pid != 0:   # not the kernel: forged, dropped
-                    recv(self.fd, NULL, 0, MSG_TRUNC | MSG_DONTWAIT)
                     n = -1
-                    err = EINTR
+                    err = lw_nl_take(self.fd, NULL, 0, &forged)
+                    if err == 0 or err == EAGAIN:
+                        err = EINTR                 # look again
             if n >= 0:
+                self.peeked = n
                 return n
-            if err == ENOBUFS:
-                raise Overrun(ENOBUFS, "netlink notifications were lost: resync")
             if err == EINTR:
                 PyErr_CheckSignals()
                 continue
             if err != EAGAIN:
-                raise _oserror(err)
-            if deadline < 0:
-                wait_ms = -1
-            else:
-                wait_ms = <int>((deadline - lw_now()) * 1000 + 0.999)
-                if wait_ms <= 0:
-                    return -1
+                raise _recv_error(err)
+            wait_ms = lw_poll_ms(deadline)
+            if wait_ms == 0:
+                return -1
             pfd.fd = self.fd
             pfd.events = POLLIN
             with nogil:
+                if lw_perturb_on:
+                    lw_perturb_pause()
                 rc = poll(&pfd, 1, wait_ms)
                 err = errno if rc < 0 else 0
             if rc < 0 and err == EINTR:
                 PyErr_CheckSignals()
             elif rc < 0:
-                raise _oserror(err)
+                raise _recv_error(err)
 
-    # Drop the datagram _peek saw from the socket, whatever its size, copying nothing.
-    cdef int _drop(self) except -1:
-        cdef ssize_t got
-        with nogil:
-            got = recv(self.fd, NULL, 0, MSG_TRUNC | MSG_DONTWAIT)
-        if got < 0:
-            raise _oserror(errno)
+    # Take the datagram _peek saw (self.peeked bytes) off the queue, copying
+    # it to buf (its size: the datagram's length) or, with buf NULL, copying
+    # nothing. Overrun if the kernel reports a loss now (the datagram then
+    # stays queued, to be peeked again).
+    cdef int _consume(self, char *buf) except -1:
+        cdef Py_ssize_t want = self.peeked, got = 0
+        cdef int err
+        self.peeked = -1
+        while True:
+            with nogil:
+                if lw_perturb_on:
+                    lw_perturb_pause()
+                err = lw_nl_take(self.fd, buf, want if buf != NULL else 0, &got)
+            if err == 0:
+                break
+            if err != EINTR:
+                raise _recv_error(err)
+            PyErr_CheckSignals()
+        if got != want:
+            raise ProtocolError(f"the datagram read ({got} bytes) is not the one peeked "
+                                f"({want} bytes): is someone else reading this socket?")
         return 0
 
-    # Consume the datagram _peek saw (n bytes) as bytes: copied from self.peek
-    # when it fits there, else read whole into a bytes object of its size.
+    # Consume the datagram _peek saw (n bytes) as bytes: copied from
+    # self.peekbuf when it fits there, else read whole into a bytes object of
+    # its size.
     cdef bytes _take(self, Py_ssize_t n):
         cdef bytes data
-        cdef char *peeked = self.peek
-        cdef ssize_t got
         if n <= NL_PEEK_BUFFER:
-            data = PyBytes_FromStringAndSize(peeked, n)
-            self._drop()
+            data = PyBytes_FromStringAndSize(<char *>self.peekbuf, n)
+            self._consume(NULL)
             return data
         data = PyBytes_FromStringAndSize(NULL, n)
-        cdef char *buf = PyBytes_AS_STRING(data)
-        with nogil:
-            got = recv(self.fd, buf, n, MSG_DONTWAIT)
-        if got < 0:
-            raise _oserror(errno)
+        self._consume(PyBytes_AS_STRING(data))
         return data
+
+    def peek(self, timeout=None):
+        """The length of the next datagram from the kernel, which stays queued
+        (the next recv, discard or recv_into takes it without waiting), or None
+        if none came within timeout (0: do not wait). Overrun as recv()."""
+        cdef Py_ssize_t n = self._peek(lw_deadline(timeout))
+        return None if n < 0 else n
 
     def recv(self, timeout=None):
         """The next datagram from the kernel, whole, or None if none came within
@@ -258,15 +333,15 @@ cdef class _Channel:
         Overrun (ENOBUFS) if the kernel had to drop messages for this socket;
         the socket stays usable. A signal handler's exception ends a wait.
         """
-        cdef Py_ssize_t n = self._peek(timeout)
+        cdef Py_ssize_t n = self._peek(lw_deadline(timeout))
         return None if n < 0 else self._take(n)
 
     def discard(self, timeout=None):
         """Drop the next datagram unread (nothing is copied); False if none came
         within timeout. Overrun as recv()."""
-        if self._peek(timeout) < 0:
+        if self._peek(lw_deadline(timeout)) < 0:
             return False
-        self._drop()
+        self._consume(NULL)
         return True
 
     def recv_into(self, list out not None, timeout=None, seq=None, bint decode=True):
@@ -277,16 +352,18 @@ cdef class _Channel:
         None if nothing came within timeout; else (status, error): status has
         bit 1 for the end of a dump, 2 for NLM_F_DUMP_INTR, 4 for
         NLM_F_DUMP_FILTERED; error is the Message of an NLMSG_ERROR or of an
-        NLMSG_DONE carrying an error, which ends the datagram's walk.
+        NLMSG_DONE carrying an error, which ends the datagram's walk. Overrun
+        as recv().
         """
-        cdef Py_ssize_t n = self._peek(timeout)
+        cdef double deadline = lw_deadline(timeout)
         cdef long long want = -1 if seq is None else <unsigned int>seq
+        cdef Py_ssize_t n = self._peek(deadline)
         cdef bytes data
-        cdef char *peeked = self.peek
+        cdef char *peeked = self.peekbuf
         if n < 0:
             return None
         if decode and n <= NL_PEEK_BUFFER:     # records own no bytes: decode in place
-            self._drop()
+            self._consume(NULL)
             return lw_walk(<const unsigned char *>peeked, n, None, want, self.pid, decode, out)
         data = self._take(n)
         return lw_walk(<const unsigned char *>PyBytes_AS_STRING(data), n, data, want, self.pid,

@@ -29,7 +29,17 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Generic, Literal, TypeVar, overload
 
-from latchwire._core import Address, Attrs, Link, Message, Neighbour, RouteEntry, _Channel, parse
+from latchwire._core import (
+    Address,
+    Attrs,
+    Link,
+    Message,
+    Neighbour,
+    RouteEntry,
+    _Channel,
+    check_timeout,
+    parse,
+)
 from latchwire.errors import DumpInterrupted, NetlinkError, Overrun, ProtocolError
 
 __all__ = [
@@ -206,6 +216,12 @@ class Socket:
     there by a short hop of the calling thread. ``rcvbuf`` sets the receive
     buffer size; ``strict`` turns on NETLINK_GET_STRICT_CHK. Owned by one
     thread at a time.
+
+    Every wait takes ``timeout`` in seconds: None, ``inf`` or more than about 31
+    years is no limit; NaN or a negative number raises ValueError and a
+    non-number TypeError, when the call is made (before anything is sent).
+    Whichever receive the kernel reports ENOBUFS to (notifications were lost),
+    it comes out as ``Overrun``.
     """
 
     def __init__(self, protocol: int, netns: str | int | None = None,
@@ -315,6 +331,7 @@ class Socket:
         TimeoutError if none comes within timeout (0: do not wait); Overrun
         if the kernel dropped notifications (the socket stays usable).
         """
+        timeout = check_timeout(timeout)
         chan = self._own()
         if not decode:
             buf = chan.recv(timeout)
@@ -352,7 +369,9 @@ class Socket:
     def transact(self, request: Request | bytes, timeout: float | None = None) -> Message | None:
         """Send request with NLM_F_ACK; the reply message, or None for a bare ACK.
 
-        NetlinkError (errno, extended-ACK text and offset) if the kernel refused.
+        NetlinkError (errno, extended-ACK text and offset) if the kernel refused;
+        TimeoutError if no answer came within timeout (for the whole call);
+        Overrun if the kernel could not queue the answer.
         """
         (result,) = self.transact_many([request], timeout)
         if isinstance(result, NetlinkError):
@@ -375,7 +394,9 @@ class Socket:
     def transact_many(self, requests: Sequence[Request | bytes], timeout: float | None = None
                       ) -> list[Message | NetlinkError | None]:
         """Send every request, then collect every answer in one pass: for each, its
-        reply, None for a bare ACK, or the NetlinkError the kernel answered."""
+        reply, None for a bare ACK, or the NetlinkError the kernel answered.
+        ``timeout`` bounds the whole call; errors as transact()."""
+        timeout = check_timeout(timeout)
         chan = self._transaction_channel()
         seqs = []
         for request in requests:
@@ -417,6 +438,7 @@ class Socket:
         (NLM_F_DUMP_INTR); DumpInterrupted if it still is. With retries=0 the
         messages stream, and DumpInterrupted comes at the end if flagged.
         """
+        timeout = check_timeout(timeout)
         running = self._dump is not None and not self._dump.finished
         if self.groups or running:
             if self._closed:
@@ -443,6 +465,7 @@ class Dump(Generic[T]):
 
     def __init__(self, socket: Socket, chan: _Channel, request: Request | bytes,
                  retries: int, timeout: float | None, owned: bool, decode: bool = False) -> None:
+        timeout = check_timeout(timeout)  # checked once, here: it bounds each wait
         self._socket = socket
         self._chan: _Channel | None = chan
         self._owned = owned
@@ -565,7 +588,7 @@ class Dump(Generic[T]):
         self.close()
 
     def __del__(self) -> None:
-        if not self.finished:
+        if not getattr(self, "finished", True):  # an __init__ that raised made nothing
             self.close()
 
 
@@ -606,12 +629,14 @@ class Pool:
 
     def transact(self, request: Request | bytes, timeout: float | None = None) -> Message | None:
         """Socket.transact on a borrowed socket."""
+        timeout = check_timeout(timeout)
         with self.socket() as sock:
             return sock.transact(request, timeout)
 
     def transact_many(self, requests: Sequence[Request | bytes], timeout: float | None = None
                       ) -> list[Message | NetlinkError | None]:
         """Socket.transact_many on a borrowed socket."""
+        timeout = check_timeout(timeout)
         with self.socket() as sock:
             return sock.transact_many(requests, timeout)
 

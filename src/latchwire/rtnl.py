@@ -25,7 +25,7 @@ from types import TracebackType
 from typing import cast
 
 from latchwire import netlink
-from latchwire._core import Address, Link, Neighbour, NextHop, RouteEntry, decode
+from latchwire._core import Address, Link, Neighbour, NextHop, RouteEntry, check_timeout, decode
 from latchwire.errors import NetlinkError, Overrun
 from latchwire.netlink import (
     NLM_F_CREATE,
@@ -144,14 +144,16 @@ class Route:
     ``netns`` is a namespace name under /run/netns, a namespace descriptor, or
     None for the caller's. Dumps retry while the kernel flags them
     inconsistent (``DumpInterrupted`` after 5 tries); changes raise
-    ``NetlinkError`` with the kernel's errno and extended-ACK text. Every
-    blocking call takes ``timeout`` (TimeoutError).
+    ``NetlinkError`` with the kernel's errno and extended-ACK text. ``timeout``
+    bounds every wait of every call (TimeoutError); None, ``inf`` or more than
+    about 31 years is no limit, and NaN, a negative number (ValueError) or a
+    non-number (TypeError) is refused here, before any socket is made.
     """
 
     def __init__(self, netns: str | int | None = None, rcvbuf: int | None = None,
                  timeout: float | None = 10.0) -> None:
         self.netns = netns
-        self.timeout = timeout
+        self.timeout = check_timeout(timeout)
         self._rcvbuf = rcvbuf
         self._sock = netlink.Socket(netlink.NETLINK_ROUTE, netns=netns, rcvbuf=rcvbuf,
                                     strict=True)
@@ -378,22 +380,30 @@ class Route:
     def events(self, groups: Iterable[str] = DEFAULT_GROUPS, resync: bool = True,
                timeout: float | None = None) -> Generator[Event, None, None]:
         """The records of change notifications, as they come; deletions have
-        ``deleted`` set. TimeoutError if none comes within timeout.
+        ``deleted`` set. TimeoutError if none comes within timeout (checked
+        here, as Route's: None, ``inf`` or more than about 31 years is no limit).
 
         The groups are joined before this returns, so no change made after the
-        call is missed. With resync, an Overrun (notifications lost) makes the
-        stream dump the tables again and yield a Resync marker, then the
+        call is missed. Notifications the kernel had to drop for want of room
+        in the receive buffer (ENOBUFS, whichever receive it is reported to:
+        an Overrun) are dealt with as resync says. With resync, the stream
+        dumps the tables again and yields a Resync marker, then the
         differences against what it had seen: removed records (as deletions),
-        new and changed ones. Without it, Overrun is raised. The stream's
-        socket closes with the iterator.
+        new and changed ones, and goes on. Without it, the stream raises
+        Overrun, which ends it (its socket is closed): what was lost can only
+        be learnt from a dump, so a caller that goes on starts a new stream
+        and dumps. The stream's socket closes with the iterator.
         """
+        timeout = check_timeout(timeout)
         return _EventStream(self, groups, resync).run(timeout)
 
     def events_async(self, groups: Iterable[str] = DEFAULT_GROUPS, resync: bool = True
                      ) -> AsyncGenerator[Event, None]:
         """events() for asyncio: waits through the running loop's reader
-        callbacks (no thread). A resync's dump runs in the loop; it is short
-        (about 70 ms for 100,000 routes)."""
+        callbacks (no thread), without a timeout of its own (bound a wait with
+        ``asyncio.wait_for``). A resync's dump runs in the loop; it is short
+        (about 70 ms for 100,000 routes). An overrun as for events(): with
+        resync=False, Overrun ends the stream."""
         return _EventStream(self, groups, resync).run_async()
 
 
@@ -498,8 +508,9 @@ class _EventStream:
         return _View(records)
 
     def next_batch(self, timeout: float | None) -> list[Event]:
-        """The events of the next datagram (TimeoutError if none), or, after an
-        Overrun, a Resync and the differences."""
+        """The events of the next datagram (TimeoutError if none; timeout checked
+        by the caller), or, after an Overrun, a Resync and the differences
+        (without resync, the Overrun is raised)."""
         try:
             records = self._sock.recv(timeout, decode=True)
         except Overrun:

@@ -4,7 +4,8 @@ A ``Netns`` is made with ``ip netns add lwtest-...`` and driven with ``ip -n
 NAME``: single commands, ``-batch`` files (thousands of changes in one ``ip``
 process) and ``-j`` output, which is the oracle the tests check latchwire
 against. ``make_netns`` skips (or, under ``LATCHWIRE_REQUIRE_KERNEL=1``, fails)
-where namespaces cannot be made; ``drop_netns`` removes one.
+where namespaces cannot be made; ``drop_netns`` removes one. ``Churn`` keeps a
+namespace changing from another thread, for the tests about lost notifications.
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ import os
 import secrets
 import shutil
 import subprocess
-from collections.abc import Iterable
+import threading
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
-from lwtest import need
+from lwtest import WAIT, Worker, need
 
 IP = shutil.which("ip")
 RT_TABLE_MAIN = 254
@@ -68,6 +71,44 @@ class Netns:
     def links(self) -> dict[str, int]:
         """Every link's name and index, as ``ip`` sees them."""
         return {link["ifname"]: link["ifindex"] for link in json.loads(self.ip("-j", "link"))}
+
+
+# Link and address changes on BASIC_SETUP's veth pair that undo themselves: 16
+# addresses (each with its routes) come and go, veth1 goes down and up again.
+LINK_ADDR_CHURN = (*(f"addr add 10.66.{i}.1/24 dev veth0" for i in range(16)),
+                   "link set veth1 down",
+                   "link set veth1 up",
+                   *(f"addr del 10.66.{i}.1/24 dev veth0" for i in range(16)))
+
+
+class Churn:
+    """For the with-block, another thread runs ``ip -batch`` of lines in ns again
+    and again: a steady stream of notifications, from another process. The lines
+    must undo themselves; ``batches`` is how many ran, once the block has ended."""
+
+    def __init__(self, ns: Netns, lines: Sequence[str] = LINK_ADDR_CHURN) -> None:
+        self._ns = ns
+        self._lines = list(lines)
+        self._stop = threading.Event()
+        self._worker: Worker | None = None
+        self.batches = 0
+
+    def _run(self) -> int:
+        batches = 0
+        while not self._stop.is_set():
+            self._ns.batch(self._lines)
+            batches += 1
+        return batches
+
+    def __enter__(self) -> Churn:
+        self._worker = Worker(self._run)
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._stop.set()
+        assert self._worker is not None
+        self.batches = self._worker.outcome(WAIT)
 
 
 def ip_routes(entries: list[dict[str, Any]]) -> set[tuple[str, int, int]]:

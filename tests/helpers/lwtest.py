@@ -17,7 +17,9 @@ Whether a waiter is blocked is observed in the kernel, never guessed from a
 sleep: a ``->`` line in /proc/locks for a kernel wait (``kernel_waiters``,
 ``wait_in_kernel``), the thread sitting in ``futex(FUTEX_WAIT)`` for a wait on
 latchwire's in-process record (``in_futex_wait``, ``wait_in_futex``) or on a
-Mutex or RWLock (``wait_until_blocked``, which also serves ``interrupted_in_main``).
+Mutex or RWLock (``wait_until_blocked``, which also serves ``interrupted_in_main``),
+the thread sitting in ``poll()`` for a netlink wait (``wait_in_poll``, which also
+reads the timeout the core passed to poll).
 Every wait is bounded, so a bug fails a test instead of hanging it; the
 ``watchdog`` fixture (``GUARD``) ends the run if a test hangs anyway.
 
@@ -29,6 +31,7 @@ checker has seen.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
@@ -40,7 +43,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -370,6 +373,26 @@ class Worker:
         return self.result
 
 
+@contextlib.contextmanager
+def busy_thread() -> Iterator[None]:
+    """For the with-block, another thread computes in Python without a pause: a
+    thread that lets the GIL go (as latchwire's core does around every socket call)
+    waits up to the switch interval (5 ms) to have it back. The slow reader of a
+    daemon whose other threads are busy."""
+    stop = threading.Event()
+
+    def spin() -> None:
+        while not stop.is_set():
+            sum(range(1000))
+
+    spinner = Worker(spin)
+    try:
+        yield
+    finally:
+        stop.set()
+        spinner.outcome()
+
+
 def poll_until(condition: Callable[[], bool], what: str, timeout: float = BOUND) -> None:
     """Return once condition() holds (checked every 0.5 ms); fail after timeout."""
     deadline = time.monotonic() + timeout
@@ -443,6 +466,47 @@ def wait_until_blocked(tid: int, returned: threading.Event, timeout: float = BOU
         streak = streak + 1 if word is not None and word == last else int(word is not None)
         last = word
         time.sleep(0.001)
+
+
+# poll() as /proc/self/task/TID/syscall shows it: its number, and the field with its
+# timeout in ms (x86_64); aarch64 has only ppoll, whose timeout is a pointer.
+_POLL = {"x86_64": (7, 3), "aarch64": (73, None)}
+
+
+def poll_timeout(tid: int) -> int | None:
+    """The timeout thread tid of this process passed to the poll() it sits in
+    (ms, -1 for none; 0 where /proc does not show it), or None if it is in no poll()."""
+    nr, field = _POLL.get(platform.machine(), (None, None))
+    try:
+        with open(f"/proc/self/task/{tid}/syscall") as f:
+            fields = f.read().split()
+    except OSError:
+        return None
+    if nr is None or not fields or fields[0] != str(nr):
+        return None
+    if field is None or len(fields) <= field:
+        return 0
+    ms = int(fields[field], 16) & 0xFFFFFFFF
+    return ms - (1 << 32) if ms & 0x80000000 else ms
+
+
+def wait_in_poll(worker: Worker, timeout: float = BOUND) -> int:
+    """Once worker's thread is seen in poll() on 3 polls in a row (1 ms apart),
+    with the same timeout, that timeout (see poll_timeout); fail if the thread
+    ends first. Needs a known poll syscall number (need())."""
+    need(platform.machine() in _POLL, f"poll syscall number unknown on {platform.machine()}")
+    deadline = time.monotonic() + timeout
+    last, streak = None, 0
+    while streak < 3:
+        assert not worker.done.is_set(), (
+            f"the call returned instead of waiting: {worker.error!r} {worker.result!r}")
+        assert time.monotonic() < deadline, "the thread never waited in poll()"
+        ms = poll_timeout(worker.tid)
+        streak = streak + 1 if ms is not None and ms == last else int(ms is not None)
+        last = ms
+        time.sleep(0.001)
+    assert last is not None
+    return last
 
 
 def interrupted_in_main(call: Callable[[], Any], give_up: Callable[[], None],
