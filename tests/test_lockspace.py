@@ -611,7 +611,7 @@ def test_release_owner_during_a_wait_leaves_the_owner_nothing(
                 resume.wait(WAIT)
             return result
 
-    monkeypatch.setattr(latchwire.locking, "FileLock", PausingFileLock)
+    monkeypatch.setattr(latchwire.lockspace.local, "FileLock", PausingFileLock)
     space = LockSpace(directory)
     waiter = Worker(lambda: space.acquire("disk", owner="W", wait=True, timeout=2))
     if moment == "after the grant":

@@ -22,7 +22,7 @@ server, url, space, agents = engine_fixtures("etcd", "etcd", etcd_missing, start
 
 
 def test_url_and_factory_give_the_etcd_lockspace(server: Server, url: str) -> None:
-    from latchwire.lockspace_etcd import EtcdLockSpace
+    from latchwire.lockspace.etcd import EtcdLockSpace
 
     with LockSpace(url, session_timeout=SESSION) as by_url, \
             LockSpace.etcd(f"127.0.0.1:{server.port}", "/" + url.split("/", 3)[3],

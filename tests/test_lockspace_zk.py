@@ -22,7 +22,7 @@ from remote_cases import SESSION, engine_fixtures
 from latchwire import LockBusy, LockSpace
 
 if TYPE_CHECKING:  # kazoo is imported only once a test makes a lockspace
-    from latchwire.lockspace_zk import ZkLockSpace
+    from latchwire.lockspace.zookeeper import ZkLockSpace
 
 pytestmark = pytest.mark.usefixtures("watchdog")
 
@@ -32,7 +32,7 @@ server, url, space, agents = engine_fixtures("ZooKeeper", "zk", zookeeper_missin
 
 
 def test_url_and_factory_give_the_zookeeper_lockspace(server: Server, url: str) -> None:
-    from latchwire.lockspace_zk import ZkLockSpace
+    from latchwire.lockspace.zookeeper import ZkLockSpace
 
     with LockSpace(url, session_timeout=SESSION) as by_url, \
             LockSpace.zookeeper([f"127.0.0.1:{server.port}"], "/" + url.split("/", 3)[3],

@@ -232,7 +232,7 @@ class Link:
 def agent_ops(url: str, options: dict[str, float]) -> Callable[[str], Callable[..., Any]]:
     """The commands of an agent holding ``LockSpace(url, **options)``."""
     from latchwire import LockSpace
-    from latchwire.lockspace_remote import RemoteLease, State
+    from latchwire.lockspace.remote import RemoteLease, State
 
     space = LockSpace(url, **options)
     leases: dict[tuple[str, str], RemoteLease] = {}

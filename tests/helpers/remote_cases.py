@@ -26,7 +26,7 @@ from coord import Link, RemoteAgent, Server, free_port
 from lwtest import WAIT, Worker, need, poll_until
 
 from latchwire import Lease, LockBusy, LockCancelled, LockSpace, LockTimeout
-from latchwire.lockspace_remote import RemoteLease, RemoteLockSpace, State
+from latchwire.lockspace.remote import RemoteLease, RemoteLockSpace, State
 
 SESSION = 2.0  # seconds: the session timeout of every lockspace in the tests
 PROMPT = 0.5  # "at once": a busy answer, or a grant after a release
