@@ -1,11 +1,238 @@
 # Included by _core.pyx: the in-process locks, Mutex and RWLock.
 #
-# Their state is guarded by the GIL: the fast path is a few field tests and
-# stores with it held. A thread that must wait sleeps on the lock's futex word
-# (seq) with the GIL released, and whoever changes the lock in a way a waiter
-# may care about bumps seq and, if anyone sleeps, wakes them all (each looks
-# again). Owners are identified by lw_thread_serial(), which no two threads of
-# a process ever share (pthread idents are reused at once).
+# Nothing in Mutex relies on the GIL for atomicity (free-threaded CPython is a
+# target; RWLock, below, still does for now). What each lock's state is, and
+# who may change it how, is written above each class; the common parts:
+#
+# - The lock itself is one 32-bit word changed only by atomic operations
+#   (compare-and-swap, exchange). Waiters sleep on a futex word with the GIL
+#   released (lw_wait_word): a Mutex's waiters on its lock word, an RWLock's on
+#   an event count its wakers bump. A waiter reads that word before it decides
+#   and sleeps only while the word still has the value it read, so a change
+#   between its decision and its sleep is never missed.
+# - Who holds it, and where they took it, is an lw_site: written only by the
+#   holder while it holds (one writer at a time, ordered by the lock word), read
+#   by any thread (owner, site, repr, error messages). The integers are read as
+#   one snapshot with a sequence count (odd while the holder writes; the reader
+#   retries until it read the same even count before and after). The site's
+#   code object is the one object pointer: the site keeps a strong reference to
+#   the latest one, and changes it only when a holder takes the lock from a
+#   different code object (a lock taken at one call site, over and over, never
+#   touches a reference count). A reader announces itself in `peekers` while it
+#   loads the pointer and takes its own reference; a holder that replaced the
+#   pointer drops the old reference only once a full fence has shown no peeker
+#   in flight (a peek is a few instructions; with the GIL, none is ever in
+#   flight while the holder runs). The peeker count carries the fork generation,
+#   so a peek cut short by fork() in another thread does not stall the child.
+# - Owners are identified by lw_thread_serial(), which no two threads of a
+#   process ever share (pthread idents are reused at once).
+# - Under an RWLock's C guard no Python code runs: no allocation of Python
+#   objects, no reference dropped that could free one, no exception made.
+#   Decisions are taken there on C state; messages, allocation and raising
+#   come after the unlock.
+# - LATCHWIRE_PERTURB=1 pauses at lw_perturb() between each check and the act
+#   that depends on it, and around each release of the GIL.
+
+from cpython.ref cimport PyObject
+
+cdef extern from *:
+    """
+    #include <errno.h>
+    #include <sched.h>
+    #include <stdlib.h>
+    #include <string.h>
+
+    /* Atomics on unsigned int that _sync.pxd does not offer. */
+    static inline int lwm_cas_u(unsigned int *p, unsigned int expected, unsigned int desired)
+    {
+        return __atomic_compare_exchange_n(p, &expected, desired, 0, __ATOMIC_ACQ_REL,
+                                           __ATOMIC_ACQUIRE);
+    }
+
+    static inline unsigned int lwm_xchg_u(unsigned int *p, unsigned int v)
+    {
+        return __atomic_exchange_n(p, v, __ATOMIC_ACQ_REL);
+    }
+
+    /* Who holds a lock and where they took it (see the top of _mutex.pxi). */
+    typedef struct {
+        unsigned int seq;        /* even: stable; odd: the holder is writing */
+        int lasti;
+        int depth;               /* an RWLock's inline reader: its recursive depth */
+        unsigned long serial;    /* lw_thread_serial() of the holder, 0: none */
+        unsigned long ident;
+        PyObject *code;          /* strong; kept after release, replaced on change */
+        unsigned long peekers;   /* fork generation << 32 | peeks in flight */
+    } lw_site;
+
+    #define LWM_LOW32 0xffffffffUL
+
+    static void lw_site_peek_begin(lw_site *s, unsigned long gen)
+    {
+        unsigned long g = (gen & LWM_LOW32) << 32;
+        unsigned long p = __atomic_load_n(&s->peekers, __ATOMIC_RELAXED), n;
+        do
+            n = (p & ~LWM_LOW32) == g ? p + 1 : (g | 1);   /* a stale generation: reset */
+        while (!__atomic_compare_exchange_n(&s->peekers, &p, n, 0, __ATOMIC_SEQ_CST,
+                                            __ATOMIC_RELAXED));
+        __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    }
+
+    static void lw_site_peek_end(lw_site *s)
+    {
+        __atomic_sub_fetch(&s->peekers, 1, __ATOMIC_RELEASE);
+    }
+
+    /* Drop the reference to a code object the holder has just unpublished, once
+     * no peeker of this generation can still be loading it. */
+    static void lw_site_drop(lw_site *s, PyObject *old, unsigned long gen)
+    {
+        unsigned long g = (gen & LWM_LOW32) << 32, p;
+        __atomic_thread_fence(__ATOMIC_SEQ_CST);
+        for (;;) {
+            p = __atomic_load_n(&s->peekers, __ATOMIC_SEQ_CST);
+            if ((p & ~LWM_LOW32) != g || (p & LWM_LOW32) == 0)
+                break;
+            sched_yield();
+        }
+        Py_DECREF(old);
+    }
+
+    /* The calling thread (serial, ident) now holds, taken at code/lasti
+     * (borrowed). Caller: holds the lock, and so is the site's only writer. */
+    static void lw_site_take(lw_site *s, unsigned long serial, unsigned long ident,
+                             PyObject *code, int lasti, unsigned long gen)
+    {
+        PyObject *old = s->code;
+        unsigned int seq = s->seq;
+        __atomic_store_n(&s->seq, seq + 1, __ATOMIC_RELAXED);
+        __atomic_thread_fence(__ATOMIC_RELEASE);
+        __atomic_store_n(&s->ident, ident, __ATOMIC_RELAXED);
+        __atomic_store_n(&s->lasti, lasti, __ATOMIC_RELAXED);
+        __atomic_store_n(&s->depth, 1, __ATOMIC_RELAXED);
+        if (code != old) {
+            Py_XINCREF(code);
+            __atomic_store_n(&s->code, code, __ATOMIC_RELEASE);
+        }
+        __atomic_store_n(&s->serial, serial, __ATOMIC_RELAXED);
+        __atomic_store_n(&s->seq, seq + 2, __ATOMIC_RELEASE);
+        if (code != old && old != NULL)
+            lw_site_drop(s, old, gen);
+    }
+
+    /* The holder lets go (its site stays for the next holder to replace). */
+    static inline void lw_site_clear(lw_site *s)
+    {
+        __atomic_store_n(&s->serial, 0, __ATOMIC_RELEASE);
+    }
+
+    static inline void lw_site_set_depth(lw_site *s, int depth)
+    {
+        __atomic_store_n(&s->depth, depth, __ATOMIC_RELAXED);
+    }
+
+    /* The holder's serial (0: none) and, if there is one, *ident, *code (a new
+     * reference), *lasti and *depth as that holder wrote them. Any thread. */
+    static unsigned long lw_site_get(lw_site *s, unsigned long gen, unsigned long *ident,
+                                     PyObject **code, int *lasti, int *depth)
+    {
+        unsigned int s1, s2;
+        unsigned long serial;
+        PyObject *c;
+        int tries = 0;
+        *code = NULL;
+        for (;; tries++) {
+            s1 = __atomic_load_n(&s->seq, __ATOMIC_ACQUIRE);
+            /* Odd: the holder is mid-write; never for long, unless fork() cut it
+             * short in another thread (then, after many tries, take what is there). */
+            if ((s1 & 1) && tries < 1000) {
+                sched_yield();
+                continue;
+            }
+            serial = __atomic_load_n(&s->serial, __ATOMIC_RELAXED);
+            if (!serial)
+                return 0;
+            *ident = __atomic_load_n(&s->ident, __ATOMIC_RELAXED);
+            *lasti = __atomic_load_n(&s->lasti, __ATOMIC_RELAXED);
+            *depth = __atomic_load_n(&s->depth, __ATOMIC_RELAXED);
+            lw_site_peek_begin(s, gen);
+            c = __atomic_load_n(&s->code, __ATOMIC_ACQUIRE);
+            Py_XINCREF(c);
+            lw_site_peek_end(s);
+            __atomic_thread_fence(__ATOMIC_ACQUIRE);
+            s2 = __atomic_load_n(&s->seq, __ATOMIC_RELAXED);
+            if (s1 == s2 || tries >= 1000) {
+                *code = c;
+                return serial;
+            }
+            Py_XDECREF(c);
+        }
+    }
+
+    static void lw_site_free(lw_site *s)
+    {
+        Py_CLEAR(s->code);
+    }
+    """
+    bint lwm_cas_u(unsigned int *p, unsigned int expected, unsigned int desired) nogil
+    unsigned int lwm_xchg_u(unsigned int *p, unsigned int v) nogil
+
+    ctypedef struct lw_site:
+        unsigned long serial
+        int depth
+    void lw_site_take(lw_site *s, unsigned long serial, unsigned long ident, object code,
+                      int lasti, unsigned long gen)
+    void lw_site_clear(lw_site *s)
+    void lw_site_set_depth(lw_site *s, int depth)
+    unsigned long lw_site_get(lw_site *s, unsigned long gen, unsigned long *ident,
+                              PyObject **code, int *lasti, int *depth)
+    void lw_site_free(lw_site *s)
+    void lwm_xdecref "Py_XDECREF"(PyObject *o)
+    void lwm_xincref "Py_XINCREF"(PyObject *o)
+
+
+cdef extern from "<stdlib.h>" nogil:
+    void *lwm_malloc "malloc"(size_t size)
+    void lwm_free "free"(void *p)
+
+
+# A new reference as a Python object (None for NULL), which now owns it.
+cdef inline object _steal(PyObject *p):
+    if p == NULL:
+        return None
+    cdef object o = <object>p
+    Py_DECREF(o)
+    return o
+
+
+# (ident, code, lasti, depth) of the holder recorded in site, or None.
+cdef object _site_snapshot(lw_site *site):
+    cdef unsigned long ident = 0
+    cdef PyObject *code = NULL
+    cdef int lasti = 0, depth = 0
+    if not lw_site_get(site, lw_fork_generation, &ident, &code, &lasti, &depth):
+        return None
+    return (ident, _steal(code), lasti, depth)
+
+
+# (ident, "file:line") of the holder recorded in site, or None.
+cdef object _site_owner(lw_site *site):
+    snap = _site_snapshot(site)
+    if snap is None:
+        return None
+    return (snap[0], _format_site(snap[1], snap[2]))
+
+
+# A threading-style timeout's deadline (lw_deadline), without parsing the
+# default: -1 is one object in CPython, so `acquire()` pays one comparison.
+cdef object _NO_TIMEOUT = -1
+
+
+cdef inline double _deadline(object timeout, bint blocking) except -2:
+    if timeout is _NO_TIMEOUT:
+        return -1
+    return lw_deadline(timeout, blocking, True)
+
 
 # The checker's class key for a lock: its name, or where it was created.
 cdef object _class_key(object name, object code, int lasti):
@@ -27,13 +254,19 @@ cdef class Mutex:
     ``name`` gives the lock-order checker its class (locks of one name are one
     class); unnamed locks are classed by where they were created.
     """
+    # The lock is `state`, a futex mutex in Drepper's three states: 0 free,
+    # 1 held, 2 held and maybe waited for. Taking it is a compare-and-swap from
+    # 0 to 1; a waiter exchanges 2 in (it holds the lock if the old value was 0)
+    # and sleeps while the word is 2. Releasing exchanges 0 in and, if the old
+    # value was 2, wakes one waiter: a woken waiter always exchanges 2 in again
+    # before it looks at its deadline, so either it takes the lock or the word is
+    # 2 again and the next release wakes another; a wake-up is never swallowed
+    # by a waiter that gives up. `own` (an lw_site) says who holds it: written by
+    # the holder after taking the word and cleared before letting go of it. Only
+    # the holder touches ld_stack.
     cdef readonly object name
-    cdef unsigned long owner_serial     # lw_thread_serial() of the holder, 0 if free
-    cdef unsigned long owner_ident
-    cdef object site_code
-    cdef int site_lasti
-    cdef unsigned int seq
-    cdef int nwaiters
+    cdef unsigned int state
+    cdef lw_site own
     cdef object made_code               # where it was created (its class, if unnamed)
     cdef int made_lasti
     cdef int ld_cls                     # the checker's class id, -1 until needed
@@ -45,8 +278,12 @@ cdef class Mutex:
         self.made_code = _caller_code(&self.made_lasti)
         self.ld_cls = -1
 
+    def __dealloc__(self):
+        lw_site_free(&self.own)
+
     def __repr__(self):
-        state = f"held by thread {self.owner_ident}" if self.owner_serial else "unlocked"
+        owner = _site_snapshot(&self.own)
+        state = f"held by thread {owner[0]}" if owner is not None else "unlocked"
         return f"<latchwire.Mutex {self.name or self.lockclass!r} {state}>"
 
     @property
@@ -55,72 +292,95 @@ cdef class Mutex:
         return _class_key(self.name, self.made_code, self.made_lasti)
 
     cdef int _checker_class(self) except -1:
-        if self.ld_cls < 0:
-            self.ld_cls = _ld_class(self.lockclass)
-        return self.ld_cls
+        cdef int cls = lw_load_i(&self.ld_cls)
+        if cls < 0:
+            cls = _ld_class(self.lockclass)
+            lw_store_i(&self.ld_cls, cls)
+        return cls
 
-    def acquire(self, bint blocking=True, timeout=-1):
-        """Take the lock: True, or False if not free without blocking or in time."""
+    cdef inline bint _acquire(self, bint blocking, double deadline) except -1:
         cdef unsigned long me = lw_thread_serial()
-        cdef double deadline = lw_deadline(timeout, blocking, True)
         if lw_lockdep and blocking:
             _ld_check(self, self._checker_class(), False, False)
-        if self.owner_serial:
-            if not blocking:
-                return False
-            if self.owner_serial == me:
-                raise RuntimeError(f"{self!r} is already held by this thread (taken at "
-                                   f"{self.site}); a Mutex is not reentrant")
-            while self.owner_serial:
-                self.nwaiters += 1
-                try:
-                    if lw_wait_word(&self.seq, self.seq, deadline) and self.owner_serial:
-                        return False
-                finally:
-                    self.nwaiters -= 1
-        self.owner_serial = me
-        self.owner_ident = PyThread_get_thread_ident()
-        self.site_code = _caller_code(&self.site_lasti)
-        if lw_lockdep:
-            self.ld_stack = _ld_push(self, self._checker_class(), False, self.site_code,
-                                     self.site_lasti)
+        if not lwm_cas_u(&self.state, 0, 1) and not self._contended(me, blocking, deadline):
+            return False
+        self._took(me)
         return True
 
-    def release(self):
-        """Release the lock. RuntimeError unless this thread holds it."""
-        if self.owner_serial != lw_thread_serial():
-            if not self.owner_serial:
-                raise RuntimeError("release unlocked lock")
-            raise RuntimeError(f"{self!r} is held by thread {self.owner_ident} (taken at "
-                               f"{self.site}), not by this thread")
-        self.owner_serial = self.owner_ident = 0
-        self.site_code = None
+    # The word was not free. Wait for it (unless not blocking): True once held,
+    # False on timeout. RuntimeError if this thread holds it.
+    cdef bint _contended(self, unsigned long me, bint blocking, double deadline) except -1:
+        cdef int timed_out = 0
+        if not blocking:
+            return False
+        if lw_load_ul(&self.own.serial) == me:   # only this thread ever writes `me` there
+            raise RuntimeError(f"{self!r} is already held by this thread (taken at "
+                               f"{self.site}); a Mutex is not reentrant")
+        while True:
+            lw_perturb()
+            if lwm_xchg_u(&self.state, 2) == 0:
+                return True
+            if timed_out:
+                return False
+            timed_out = lw_wait_word(&self.state, 2, deadline)
+
+    cdef inline int _took(self, unsigned long me) except -1:
+        cdef int lasti
+        lw_perturb()
+        code = _caller_code(&lasti)
+        lw_site_take(&self.own, me, PyThread_get_thread_ident(), code, lasti,
+                     lw_fork_generation)
+        if lw_lockdep:
+            self.ld_stack = _ld_push(self, self._checker_class(), False, code, lasti)
+        return 0
+
+    cdef inline int _release(self) except -1:
+        if lw_load_ul(&self.own.serial) != lw_thread_serial():
+            self._refuse_release()
         if self.ld_stack is not None:
             _ld_pop(self.ld_stack, self, False)
             self.ld_stack = None
-        self.seq += 1
-        if self.nwaiters:
-            lw_futex_wake(&self.seq)
+        lw_site_clear(&self.own)
+        lw_perturb()
+        if lwm_xchg_u(&self.state, 0) == 2:
+            lw_futex_wake_n(&self.state, 1)
+        return 0
+
+    cdef int _refuse_release(self) except -1:
+        owner = _site_owner(&self.own)
+        if owner is None:
+            raise RuntimeError("release unlocked lock")
+        raise RuntimeError(f"{self!r} is held by thread {owner[0]} (taken at {owner[1]}), "
+                           "not by this thread")
+
+    def acquire(self, bint blocking=True, timeout=-1):
+        """Take the lock: True, or False if not free without blocking or in time."""
+        return self._acquire(blocking, _deadline(timeout, blocking))
+
+    def release(self):
+        """Release the lock. RuntimeError unless this thread holds it."""
+        self._release()
 
     def locked(self):
         """Whether some thread holds the lock."""
-        return self.owner_serial != 0
+        return lw_load_u(&self.state) != 0
 
     def __enter__(self):
-        return self.acquire()
+        return self._acquire(True, -1)
 
     def __exit__(self, exc_type, exc, tb):
-        self.release()
+        self._release()
 
     @property
     def owner(self):
         """``(thread ident, "file:line")`` of the holder, or None."""
-        return (self.owner_ident, self.site) if self.owner_serial else None
+        return _site_owner(&self.own)
 
     @property
     def site(self):
         """``file:line`` where the holder took the lock, or None."""
-        return _format_site(self.site_code, self.site_lasti) if self.owner_serial else None
+        owner = _site_owner(&self.own)
+        return owner[1] if owner is not None else None
 
 
 @cython.final
@@ -340,11 +600,11 @@ cdef class RWLock:
 
     def acquire_read(self, bint blocking=True, timeout=-1):
         """Take a read hold: True, or False if not possible without blocking or in time."""
-        return self._acquire_read(blocking, lw_deadline(timeout, blocking, True))
+        return self._acquire_read(blocking, _deadline(timeout, blocking))
 
     def acquire_write(self, bint blocking=True, timeout=-1):
         """Take the write hold: True, or False if not possible without blocking or in time."""
-        return self._acquire_write(blocking, lw_deadline(timeout, blocking, True))
+        return self._acquire_write(blocking, _deadline(timeout, blocking))
 
     def release_read(self):
         """Release this thread's read hold (one level of it)."""
