@@ -4,7 +4,9 @@ belong to threads, and the errors that replace deadlocks.
 Nothing here waits with a bare sleep: threads hand over with events and barriers, and
 "this thread is now blocked on the lock" is observed in the kernel (the thread sits in
 ``futex(FUTEX_WAIT)`` per /proc/self/task/TID/syscall). Every wait is bounded, and a
-watchdog ends the run if a test hangs anyway.
+watchdog ends the run if a test hangs anyway. Timing is judged against threading.Lock
+measured in the same test, by medians, within bounds a loaded 2-CPU machine does not
+reach but a regression does.
 """
 
 from __future__ import annotations
@@ -18,13 +20,16 @@ import pytest
 from lwtest import (
     BOUND,
     Worker,
-    assert_on_time,
+    assert_at_once,
+    assert_timely_as_reference,
+    assert_woken_as_reference,
     here,
     interrupted_in_main,
     poll_until,
     site,
-    timeout_overshoots,
+    timed_out_waits,
     wait_until_blocked,
+    wake_latency,
 )
 
 from latchwire import RWLock
@@ -142,7 +147,8 @@ def test_a_writer_waits_for_readers() -> None:
     released_at = time.monotonic()
     rw.release_read()
     assert writer.outcome() is True, "the writer got in while a reader was inside"
-    assert writer.ended - released_at < 1.0, "the last reader's release did not wake the writer"
+    assert_woken_as_reference(writer.ended - released_at,
+                              wake_latency(threading.Lock(), sem_wait=True))
 
 
 def test_a_writer_excludes_readers_and_writers(holders: Callable[[RWLock, str], Holder]) -> None:
@@ -344,12 +350,13 @@ def test_with_writer_preference_new_readers_wait_behind_a_waiting_writer(
                                               ("read", "write")])
 def test_timeouts_are_honoured(holders: Callable[[RWLock, str], Holder],
                                held: str, wanted: str) -> None:
-    """Never early; median overshoot <= 2 ms over 7 rounds, worst <= 50 ms."""
+    """Never early, and as prompt as threading.Lock's timed waits beside them over 9 rounds
+    (one failed with a fixed 2 ms bound on a loaded machine, while passing alone)."""
     rw = RWLock()
     holder = holders(rw, held)
     acquire = rw.acquire_read if wanted == "read" else rw.acquire_write
-    overshoots = timeout_overshoots(acquire, timeout=0.05, rounds=7)
-    assert_on_time(overshoots, median=0.002, worst=0.05)
+    overshoots, reference = timed_out_waits(acquire, timeout=0.05, rounds=9)
+    assert_timely_as_reference(overshoots, reference, 0.05)
     if held == "read":
         # The writers that gave up no longer hold new readers back.
         assert rw.acquire_read(blocking=False), "a timed-out writer still keeps readers out"
@@ -471,7 +478,7 @@ def test_recursive_read_with_a_waiting_writer_raises_at_once() -> None:
         t0 = time.monotonic()
         with pytest.raises(RuntimeError, match="would deadlock"):
             rw.acquire_read()
-        assert time.monotonic() - t0 < 1.0, "the recursive read waited"
+        assert_at_once(time.monotonic() - t0, BOUND, "the recursive read")
         with pytest.raises(RuntimeError), rw.read():
             pass
         assert [depth for _, _, depth in rw.readers] == [1], "a refused read counted"
@@ -487,7 +494,7 @@ def test_write_while_reading_raises() -> None:
         for call in (rw.acquire_write, lambda: rw.acquire_write(timeout=BOUND)):
             with pytest.raises(RuntimeError):
                 call()
-        assert time.monotonic() - t0 < 1.0
+        assert_at_once(time.monotonic() - t0, BOUND, "writing while reading")
         assert rw.writer is None
     assert rw.readers == []
 
@@ -499,7 +506,7 @@ def test_read_while_writing_raises() -> None:
         for call in (rw.acquire_read, lambda: rw.acquire_read(timeout=BOUND)):
             with pytest.raises(RuntimeError):
                 call()
-        assert time.monotonic() - t0 < 1.0
+        assert_at_once(time.monotonic() - t0, BOUND, "reading while writing")
         assert rw.readers == []
     assert rw.writer is None
 
@@ -510,7 +517,7 @@ def test_write_while_writing_raises() -> None:
         t0 = time.monotonic()
         with pytest.raises(RuntimeError):
             rw.acquire_write()
-        assert time.monotonic() - t0 < 1.0
+        assert_at_once(time.monotonic() - t0, BOUND, "writing while writing")
         assert rw.writer is not None and rw.writer[0] == threading.get_ident()
     assert rw.writer is None
 
