@@ -661,8 +661,13 @@ cdef class RWLock:
     # the guard still held, if the word is no longer `decided` (S set in it).
     # Caller: holds the guard, and decided to wait on the word `decided`.
     cdef int _sleep(self, unsigned int decided, double deadline) except -2:
-        cdef unsigned int seen = lw_load_u(&self.seq)
+        cdef unsigned int seen
         cdef int timed_out
+        # Without a GIL other threads run between the decision and here; with it,
+        # only perturbation lets them (a pause under the guard only makes others
+        # wait for it: no Python code runs in this thread meanwhile).
+        lw_perturb()
+        seen = lw_load_u(&self.seq)
         # S is in the word and only a waiter under the guard sets it, so from here
         # every change that frees something clears S and bumps seq past `seen`.
         if lw_load_u(&self.state) != decided:
