@@ -36,6 +36,7 @@ import json
 import multiprocessing
 import os
 import platform
+import random
 import select
 import signal
 import statistics
@@ -43,6 +44,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -631,6 +633,111 @@ def assert_at_once(elapsed: float, instead: float, what: str) -> None:
     orders of magnitude shorter.
     """
     assert elapsed < instead / 5, f"{what} took {elapsed:.3f} s: it waited"
+
+
+class Witness:
+    """Entries to and exits from the critical sections of several locks, checked for overlaps.
+
+    Each thread calls ``enter(lock, mode)`` right after its acquire returned and
+    ``exit(lock, mode)`` right before it releases (mode "x", exclusive, or "s", shared),
+    ``downgrade(lock)`` right before it turns an exclusive hold into a shared one (which
+    it then exits as "s"). Every event is
+    one ``list.append`` (atomic), so the log's order is the order in which they happened
+    and, if the locks exclude as they promise, ``check()`` replaying it never sees an
+    exclusive holder beside anyone else.
+    """
+
+    def __init__(self) -> None:
+        self.log: list[tuple[int, str, int]] = []
+
+    def enter(self, lock: int, mode: str) -> None:
+        self.log.append((lock, "enter " + mode, threading.get_ident()))
+
+    def exit(self, lock: int, mode: str) -> None:
+        self.log.append((lock, "exit " + mode, threading.get_ident()))
+
+    def downgrade(self, lock: int) -> None:
+        self.log.append((lock, "downgrade", threading.get_ident()))
+
+    def check(self) -> int:
+        """Replay the log; fail at the first overlap. How many sections it saw."""
+        writer: dict[int, int] = {}
+        readers: dict[int, Counter[int]] = {}
+        sections = 0
+        for n, (lock, event, thread) in enumerate(self.log):
+            inside = readers.setdefault(lock, Counter())
+            where = f"event {n} of {len(self.log)}: thread {thread} {event} lock {lock}"
+            if event == "enter x":
+                assert lock not in writer and not inside, \
+                    f"{where} while writer {writer.get(lock)} and readers {dict(inside)} hold it"
+                writer[lock] = thread
+                sections += 1
+            elif event == "enter s":
+                assert lock not in writer, f"{where} while {writer[lock]} writes"
+                inside[thread] += 1
+                sections += 1
+            elif event == "downgrade":
+                assert writer.get(lock) == thread and not inside, \
+                    f"{where} while writer {writer.get(lock)} and readers {dict(inside)} hold it"
+                del writer[lock]
+                inside[thread] += 1
+            elif event == "exit x":
+                assert writer.get(lock) == thread, f"{where}, held by {writer.get(lock)}"
+                del writer[lock]
+            else:
+                assert inside[thread] > 0, f"{where} without a read hold"
+                inside[thread] -= 1
+                if not inside[thread]:
+                    del inside[thread]
+        assert not writer and not any(readers.values()), f"still inside: {writer} {readers}"
+        return sections
+
+
+class Interrupted(Exception):
+    """What ``Interrupter`` raises in the main thread, from inside a lock wait."""
+
+
+class Interrupter:
+    """Sends SIGUSR1 to the main thread at random moments (every 0.5-3 ms) while active.
+
+    The handler raises ``Interrupted`` only while ``armed`` is set (the main thread
+    sets it around a lock call), so the exception comes out of the wait (latchwire
+    runs signal handlers when its futex wait returns EINTR) or just before or after
+    the call: the caller finds out from the lock whether it holds it. ``sent`` counts
+    the signals. A context manager; main thread only (need()).
+    """
+
+    def __init__(self, seed: int = 0) -> None:
+        need(threading.current_thread() is threading.main_thread(),
+             "signals go to the main thread only, and this test runs in another")
+        self.armed = False
+        self.sent = 0
+        self._rng = random.Random(seed)
+        self._stop = threading.Event()
+        self._old: Any = None
+        self._worker: Worker | None = None
+
+    def _handler(self, signo: int, frame: Any) -> None:
+        if self.armed:
+            self.armed = False
+            raise Interrupted
+
+    def _send(self, ident: int) -> None:
+        while not self._stop.wait(self._rng.uniform(0.0005, 0.003)):
+            signal.pthread_kill(ident, signal.SIGUSR1)
+            self.sent += 1
+
+    def __enter__(self) -> Interrupter:
+        self._old = signal.signal(signal.SIGUSR1, self._handler)
+        self._worker = Worker(self._send, threading.get_ident(), thread_name="interrupter")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        assert self._worker is not None
+        self._worker.join()
+        self.armed = False
+        signal.signal(signal.SIGUSR1, self._old)
 
 
 def pairs() -> set[tuple[str, str]]:
