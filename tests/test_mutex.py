@@ -17,6 +17,7 @@ medians, within bounds a loaded 2-CPU machine does not reach but a regression do
 
 from __future__ import annotations
 
+import gc
 import os
 import random
 import subprocess
@@ -25,6 +26,7 @@ import tempfile
 import threading
 import time
 import unittest
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -329,6 +331,81 @@ def test_owner_site_name_and_lockclass() -> None:
     assert holder.ident != threading.get_ident()
     assert where == holder.outcome(), "the site is not where the holder took it"
     assert named.owner is None and named.site is None
+
+
+def made_function(body: str, name: str = "take") -> tuple[Callable[..., Any], weakref.ref[Any]]:
+    """A function compiled from body (its own code object, freed with it), and a weak
+    reference to that code object."""
+    namespace: dict[str, Any] = {}
+    exec(compile(f"def {name}(lock):\n    {body}\n", f"<made {name}>", "exec"), namespace)
+    fn = namespace[name]
+    return fn, weakref.ref(fn.__code__)
+
+
+def test_a_site_keeps_its_code_object_until_the_next_holder_comes_from_elsewhere() -> None:
+    """The Mutex keeps a reference to where it was last taken, and drops it as soon as a
+    holder takes it at another code object: a dynamically made function's code is freed
+    then, not leaked (nor freed while a reader could still be reading it)."""
+    m = Mutex()
+    take, code = made_function("lock.acquire()")
+    take(m)
+    assert m.site == "<made take>:2"
+    m.release()
+    del take
+    gc.collect()
+    assert code() is not None, "released: still the last site, kept"
+    with m:
+        assert m.site is not None and m.site.startswith(__file__)
+    assert code() is None, "the site moved on: its old code object was leaked"
+    take, code = made_function("lock.acquire()")
+    take(m)
+    m.release()
+    del take, m
+    gc.collect()
+    assert code() is None, "a Mutex dropped without being taken again leaked its last site"
+
+
+def test_owner_site_and_repr_read_while_holders_come_and_go() -> None:
+    """4 threads take one Mutex over and over, each from a function of its own (a code
+    object and a line of its own); 2 threads read owner, site and repr meanwhile. Every
+    reading names a real holder with its own site, never one thread's ident with another's
+    site (the owner is read as one snapshot), and nothing crashes while the site's code
+    object keeps changing."""
+    m = Mutex("come-and-go")
+    takers = [made_function("return lock.acquire()", f"take_{i}")[0] for i in range(4)]
+    stop = threading.Event()
+    sites: dict[int, str] = {}
+
+    def hold(index: int) -> int:
+        take = takers[index]
+        sites[threading.get_ident()] = f"<made take_{index}>:2"
+        rounds = 0
+        while not stop.is_set():
+            if take(m):
+                time.sleep(0)  # let the readers in while it is held
+                m.release()
+                rounds += 1
+        return rounds
+
+    def read() -> int:
+        seen = 0
+        while not stop.is_set():
+            owner, site_, text = m.owner, m.site, repr(m)
+            for reading in (owner, (None, site_)):
+                if reading is not None and reading[1] is not None:
+                    assert reading[1] in sites.values(), reading
+            if owner is not None:
+                assert sites[owner[0]] == owner[1], (owner, sites)
+                seen += 1
+            assert "held by thread" in text or "unlocked" in text, text
+        return seen
+
+    holders = [Worker(hold, i) for i in range(4)]
+    readers = [Worker(read) for _ in range(2)]
+    time.sleep(1)  # the test's duration, not a handshake
+    stop.set()
+    assert all(w.outcome() for w in holders)
+    assert sum(w.outcome() for w in readers) > 0, "no reader ever saw a holder"
 
 
 # ---------------------------------------------------------------------------

@@ -11,6 +11,7 @@ reach but a regression does.
 
 from __future__ import annotations
 
+import gc
 import os
 import random
 import subprocess
@@ -18,6 +19,7 @@ import sys
 import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -590,6 +592,92 @@ def test_readers_writer_site_name(holders: Callable[[RWLock, str], Holder]) -> N
     assert rw.writer is None and rw.site is None
     other.release()
     assert rw.readers == []
+
+
+def made_function(body: str, name: str = "take") -> tuple[Callable[..., Any], weakref.ref[Any]]:
+    """A function compiled from body (its own code object, freed with it), and a weak
+    reference to that code object."""
+    namespace: dict[str, Any] = {}
+    exec(compile(f"def {name}(rw):\n    {body}\n", f"<made {name}>", "exec"), namespace)
+    fn = namespace[name]
+    return fn, weakref.ref(fn.__code__)
+
+
+@pytest.mark.parametrize("how", ["write", "read", "read beside another"])
+def test_sites_keep_their_code_objects_only_until_replaced(
+        holders: Callable[[RWLock, str], Holder], how: str) -> None:
+    """Where the writer, or a reader, took the lock keeps that code object alive only
+    until the next holder of that record takes it elsewhere; a reader beside another (in
+    the records that are not inline) drops it at its release."""
+    rw = RWLock()
+    if how == "read beside another":
+        holders(rw, "read")
+    take, code = made_function("rw.acquire_write()" if how == "write" else "rw.acquire_read()")
+    take(rw)
+    if how == "write":
+        assert rw.site == "<made take>:2"
+        rw.release_write()
+    else:
+        assert "<made take>:2" in [r[1] for r in rw.readers]
+        rw.release_read()
+    del take
+    gc.collect()
+    if how == "read beside another":
+        assert code() is None, "a released reader's record leaked its code object"
+        return
+    assert code() is not None, "released: still the last site, kept"
+    with rw.write() if how == "write" else rw.read():
+        pass
+    assert code() is None, "the site moved on: its old code object was leaked"
+
+
+def test_writer_and_readers_read_while_holders_come_and_go() -> None:
+    """4 threads read and write one RWLock over and over, each from functions of its own
+    (a code object and a line of its own), one downgrading now and then; 2 threads read
+    writer, readers and repr meanwhile (each one a snapshot of its own). Every reading
+    names real holders with their own sites, never one thread's ident with another's
+    site."""
+    rw = RWLock("come-and-go")
+    stop = threading.Event()
+    sites: dict[int, set[str]] = {}
+
+    def hold(index: int) -> int:
+        read, _ = made_function("return rw.acquire_read()", f"read_{index}")
+        write, _ = made_function("return rw.acquire_write()", f"write_{index}")
+        sites[threading.get_ident()] = {f"<made read_{index}>:2", f"<made write_{index}>:2"}
+        rng = random.Random(index)
+        rounds = 0
+        while not stop.is_set():
+            if rng.random() < 0.7:
+                if read(rw):
+                    time.sleep(0)  # let the lookers in while it is held
+                    rw.release_read()
+            elif write(rw):
+                time.sleep(0)
+                if rng.random() < 0.3:
+                    rw.downgrade()
+                    rw.release_read()
+                else:
+                    rw.release_write()
+            rounds += 1
+        return rounds
+
+    def look() -> int:
+        seen = 0
+        while not stop.is_set():
+            writer, readers, text = rw.writer, rw.readers, repr(rw)
+            for ident, where, *_ in [*([writer] if writer else []), *readers]:
+                assert where in sites[ident], (ident, where, sites)
+                seen += 1
+            assert "written by thread" in text or "readers" in text, text
+        return seen
+
+    holders = [Worker(hold, i) for i in range(4)]
+    lookers = [Worker(look) for _ in range(2)]
+    time.sleep(1)  # the test's duration, not a handshake
+    stop.set()
+    assert all(w.outcome() for w in holders)
+    assert sum(w.outcome() for w in lookers) > 0, "no looker ever saw a holder"
 
 
 # ---------------------------------------------------------------------------
