@@ -680,6 +680,33 @@ def test_writer_and_readers_read_while_holders_come_and_go() -> None:
     assert sum(w.outcome() for w in lookers) > 0, "no looker ever saw a holder"
 
 
+def test_a_fork_child_forgets_the_parents_waiting_writer() -> None:
+    """A writer waits in the parent (new readers wait behind it) when this thread, a
+    reader, forks: in the child that writer does not exist, so once the child's reader
+    lets go a new reader gets in at once, and a writer too."""
+    rw = RWLock()
+    assert rw.acquire_read()
+    writer = blocked_worker(take, rw.acquire_write, rw.release_write)
+    assert Worker(lambda: rw.acquire_read(blocking=False)).outcome() is False, \
+        "the waiting writer holds new readers back"
+    pid = os.fork()
+    if pid == 0:  # the child: only this thread exists
+        status = 1
+        try:
+            rw.release_read()
+            if rw.acquire_read(timeout=BOUND):
+                rw.release_read()
+                if rw.acquire_write(blocking=False):
+                    rw.release_write()
+                    status = 0
+        finally:
+            os._exit(status)
+    _, status = os.waitpid(pid, 0)
+    rw.release_read()
+    assert writer.outcome() is True
+    assert os.waitstatus_to_exitcode(status) == 0, "the child waited for the parent's writer"
+
+
 # ---------------------------------------------------------------------------
 # 7. Ctrl-C
 
