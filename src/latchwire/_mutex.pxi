@@ -17,8 +17,8 @@
 #   retries until it read the same even count before and after). The site's
 #   code object is the one object pointer: the site keeps a strong reference to
 #   the latest one, and changes it only when a holder takes the lock from a
-#   different code object (a lock taken at one call site, over and over, never
-#   touches a reference count). A reader announces itself in `peekers` while it
+#   different code object (a lock taken at one call site over and over keeps
+#   the one reference). A reader announces itself in `peekers` while it
 #   loads the pointer and takes its own reference; a holder that replaced the
 #   pointer drops the old reference only once a full fence has shown no peeker
 #   in flight (a peek is a few instructions; with the GIL, none is ever in
