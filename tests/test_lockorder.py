@@ -22,13 +22,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from lwtest import BOUND, Worker, here, pairs, site
+from lwtest import BOUND, Worker, here, pairs, poll_until, site
 
 from latchwire import FileLock, LockOrderError, LockSpace, Mutex, RWLock, lockorder
 
 pytestmark = pytest.mark.usefixtures("watchdog")
 
 SEED = 20240611  # the randomised tests are the same every run
+STRESS_SECONDS = 1.5
 
 
 # ---------------------------------------------------------------------------
@@ -526,3 +527,93 @@ def test_locks_of_one_name_are_one_class(checker: None) -> None:
     with other, pytest.raises(LockOrderError):
         second.acquire()  # a different lock, but the same class as first
     assert not second.locked()
+
+
+# ---------------------------------------------------------------------------
+# Adversarial: held lists changed by two threads at once
+
+
+def test_held_lists_stay_exact_with_releases_from_other_threads(checker: None,
+                                                                 tmp_path: Path) -> None:
+    """4 threads each take a FileLock on a fresh file of their own every round, then a
+    Mutex and an RWLock read or write hold nested inside it, and hand the FileLock
+    to one of 2 releaser threads, which releases it (popping it from the acquirer's held
+    list) while the acquirer goes on taking, checking and releasing: its list is changed
+    by two threads at once. After every step the acquirer's held list is exactly what it
+    holds, in order (FileLocks not yet let go of in front); at the end every list is
+    empty, every FileLock was released once, and no order was reported."""
+    m, rw = Mutex("exact-m"), RWLock("exact-rw")
+    handed: list[FileLock | None] = []
+    cond = threading.Condition()
+    stop = threading.Event()
+
+    def hand(lock: FileLock | None) -> None:
+        with cond:
+            handed.append(lock)
+            cond.notify()
+
+    def releaser() -> int:
+        count = 0
+        while True:
+            with cond:
+                assert cond.wait_for(lambda: handed, BOUND)
+                lock = handed.pop(0)
+            if lock is None:
+                return count
+            lock.release()
+            count += 1
+
+    def mine(expected: list[Any], current: FileLock | None = None) -> None:
+        """This thread's held list is: FileLocks it took (each once, current last if not
+        yet handed over) that no releaser has let go of yet, then expected."""
+        held = [h[0] for h in lockorder.held()]
+        files = 0
+        while files < len(held) and isinstance(held[files], FileLock):
+            files += 1
+        assert len(set(map(id, held[:files]))) == files, held
+        if current is not None:
+            assert held[files - 1:files] == [current], held
+        assert held[files:] == expected, (held, expected)
+
+    def acquirer(index: int) -> int:
+        rng = random.Random(SEED + index)
+        rounds = 0
+        mine_handed: list[FileLock] = []
+        while not stop.is_set():
+            path = tmp_path / f"exact-{index}-{rounds}.lock"
+            fl = FileLock(path, lockfile=path)
+            fl.acquire(blocking=False)
+            mine_handed.append(fl)
+            mine([], fl)
+            write = rng.random() < 0.3
+            with m:
+                mine([m], fl)
+                assert (rw.acquire_write if write else rw.acquire_read)(timeout=BOUND)
+                hand(fl)  # from here a releaser pops fl from this thread's list
+                mine([m, rw])
+                if rng.random() < 0.5:
+                    time.sleep(0)
+                if write and rng.random() < 0.5:
+                    rw.downgrade()
+                    write = False
+                mine([m, rw])
+                (rw.release_write if write else rw.release_read)()
+                mine([m])
+            mine([])
+            rounds += 1
+        poll_until(lambda: not any(f.locked for f in mine_handed), "the releasers let go")
+        assert lockorder.held() == []
+        return rounds
+
+    releasers = [Worker(releaser) for _ in range(2)]
+    acquirers = [Worker(acquirer, i) for i in range(4)]
+    time.sleep(STRESS_SECONDS)  # the test's duration, not a handshake
+    stop.set()
+    rounds = [w.outcome(timeout=4 * BOUND) for w in acquirers]
+    for _ in releasers:
+        hand(None)
+    assert sum(w.outcome() for w in releasers) == sum(rounds)
+    assert all(rounds), rounds
+    assert lockorder.held() == []
+    assert Worker(lockorder.held).outcome() == []
+    assert not m.locked() and rw.writer is None and rw.readers == []

@@ -4,30 +4,48 @@ belong to threads, and the errors that replace deadlocks.
 Nothing here waits with a bare sleep: threads hand over with events and barriers, and
 "this thread is now blocked on the lock" is observed in the kernel (the thread sits in
 ``futex(FUTEX_WAIT)`` per /proc/self/task/TID/syscall). Every wait is bounded, and a
-watchdog ends the run if a test hangs anyway.
+watchdog ends the run if a test hangs anyway. Timing is judged against threading.Lock
+measured in the same test, by medians, within bounds a loaded 2-CPU machine does not
+reach but a regression does.
 """
 
 from __future__ import annotations
 
+import gc
+import os
+import random
+import subprocess
+import sys
+import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from lwtest import (
     BOUND,
+    GUARD,
+    Interrupted,
+    Interrupter,
+    Witness,
     Worker,
-    assert_on_time,
+    assert_at_once,
+    assert_timely_as_reference,
+    assert_woken_as_reference,
     here,
     interrupted_in_main,
     poll_until,
     site,
-    timeout_overshoots,
+    timed_out_waits,
     wait_until_blocked,
+    wake_latency,
 )
 
-from latchwire import RWLock
+import latchwire
+from latchwire import LockOrderError, RWLock
 
 pytestmark = pytest.mark.usefixtures("watchdog")
 
@@ -142,7 +160,8 @@ def test_a_writer_waits_for_readers() -> None:
     released_at = time.monotonic()
     rw.release_read()
     assert writer.outcome() is True, "the writer got in while a reader was inside"
-    assert writer.ended - released_at < 1.0, "the last reader's release did not wake the writer"
+    assert_woken_as_reference(writer.ended - released_at,
+                              wake_latency(threading.Lock(), sem_wait=True))
 
 
 def test_a_writer_excludes_readers_and_writers(holders: Callable[[RWLock, str], Holder]) -> None:
@@ -344,12 +363,13 @@ def test_with_writer_preference_new_readers_wait_behind_a_waiting_writer(
                                               ("read", "write")])
 def test_timeouts_are_honoured(holders: Callable[[RWLock, str], Holder],
                                held: str, wanted: str) -> None:
-    """Never early; median overshoot <= 2 ms over 7 rounds, worst <= 50 ms."""
+    """Never early, and as prompt as threading.Lock's timed waits beside them over 9 rounds
+    (one failed with a fixed 2 ms bound on a loaded machine, while passing alone)."""
     rw = RWLock()
     holder = holders(rw, held)
     acquire = rw.acquire_read if wanted == "read" else rw.acquire_write
-    overshoots = timeout_overshoots(acquire, timeout=0.05, rounds=7)
-    assert_on_time(overshoots, median=0.002, worst=0.05)
+    overshoots, reference = timed_out_waits(acquire, timeout=0.05, rounds=9)
+    assert_timely_as_reference(overshoots, reference, 0.05)
     if held == "read":
         # The writers that gave up no longer hold new readers back.
         assert rw.acquire_read(blocking=False), "a timed-out writer still keeps readers out"
@@ -471,7 +491,7 @@ def test_recursive_read_with_a_waiting_writer_raises_at_once() -> None:
         t0 = time.monotonic()
         with pytest.raises(RuntimeError, match="would deadlock"):
             rw.acquire_read()
-        assert time.monotonic() - t0 < 1.0, "the recursive read waited"
+        assert_at_once(time.monotonic() - t0, BOUND, "the recursive read")
         with pytest.raises(RuntimeError), rw.read():
             pass
         assert [depth for _, _, depth in rw.readers] == [1], "a refused read counted"
@@ -487,7 +507,7 @@ def test_write_while_reading_raises() -> None:
         for call in (rw.acquire_write, lambda: rw.acquire_write(timeout=BOUND)):
             with pytest.raises(RuntimeError):
                 call()
-        assert time.monotonic() - t0 < 1.0
+        assert_at_once(time.monotonic() - t0, BOUND, "writing while reading")
         assert rw.writer is None
     assert rw.readers == []
 
@@ -499,7 +519,7 @@ def test_read_while_writing_raises() -> None:
         for call in (rw.acquire_read, lambda: rw.acquire_read(timeout=BOUND)):
             with pytest.raises(RuntimeError):
                 call()
-        assert time.monotonic() - t0 < 1.0
+        assert_at_once(time.monotonic() - t0, BOUND, "reading while writing")
         assert rw.readers == []
     assert rw.writer is None
 
@@ -510,7 +530,7 @@ def test_write_while_writing_raises() -> None:
         t0 = time.monotonic()
         with pytest.raises(RuntimeError):
             rw.acquire_write()
-        assert time.monotonic() - t0 < 1.0
+        assert_at_once(time.monotonic() - t0, BOUND, "writing while writing")
         assert rw.writer is not None and rw.writer[0] == threading.get_ident()
     assert rw.writer is None
 
@@ -574,6 +594,119 @@ def test_readers_writer_site_name(holders: Callable[[RWLock, str], Holder]) -> N
     assert rw.readers == []
 
 
+def made_function(body: str, name: str = "take") -> tuple[Callable[..., Any], weakref.ref[Any]]:
+    """A function compiled from body (its own code object, freed with it), and a weak
+    reference to that code object."""
+    namespace: dict[str, Any] = {}
+    exec(compile(f"def {name}(rw):\n    {body}\n", f"<made {name}>", "exec"), namespace)
+    fn = namespace[name]
+    return fn, weakref.ref(fn.__code__)
+
+
+@pytest.mark.parametrize("how", ["write", "read", "read beside another"])
+def test_sites_keep_their_code_objects_only_until_replaced(
+        holders: Callable[[RWLock, str], Holder], how: str) -> None:
+    """Where the writer, or a reader, took the lock keeps that code object alive only
+    until the next holder of that record takes it elsewhere; a reader beside another (in
+    the records that are not inline) drops it at its release."""
+    rw = RWLock()
+    if how == "read beside another":
+        holders(rw, "read")
+    take, code = made_function("rw.acquire_write()" if how == "write" else "rw.acquire_read()")
+    take(rw)
+    if how == "write":
+        assert rw.site == "<made take>:2"
+        rw.release_write()
+    else:
+        assert "<made take>:2" in [r[1] for r in rw.readers]
+        rw.release_read()
+    del take
+    gc.collect()
+    if how == "read beside another":
+        assert code() is None, "a released reader's record leaked its code object"
+        return
+    assert code() is not None, "released: still the last site, kept"
+    with rw.write() if how == "write" else rw.read():
+        pass
+    assert code() is None, "the site moved on: its old code object was leaked"
+
+
+def test_writer_and_readers_read_while_holders_come_and_go() -> None:
+    """4 threads read and write one RWLock over and over, each from functions of its own
+    (a code object and a line of its own), one downgrading now and then; 2 threads read
+    writer, readers and repr meanwhile (each one a snapshot of its own). Every reading
+    names real holders with their own sites, never one thread's ident with another's
+    site."""
+    rw = RWLock("come-and-go")
+    stop = threading.Event()
+    sites: dict[int, set[str]] = {}
+
+    def hold(index: int) -> int:
+        read, _ = made_function("return rw.acquire_read()", f"read_{index}")
+        write, _ = made_function("return rw.acquire_write()", f"write_{index}")
+        sites[threading.get_ident()] = {f"<made read_{index}>:2", f"<made write_{index}>:2"}
+        rng = random.Random(index)
+        rounds = 0
+        while not stop.is_set():
+            if rng.random() < 0.7:
+                if read(rw):
+                    time.sleep(0)  # let the lookers in while it is held
+                    rw.release_read()
+            elif write(rw):
+                time.sleep(0)
+                if rng.random() < 0.3:
+                    rw.downgrade()
+                    rw.release_read()
+                else:
+                    rw.release_write()
+            rounds += 1
+        return rounds
+
+    def look() -> int:
+        seen = 0
+        while not stop.is_set():
+            writer, readers, text = rw.writer, rw.readers, repr(rw)
+            for ident, where, *_ in [*([writer] if writer else []), *readers]:
+                assert where in sites[ident], (ident, where, sites)
+                seen += 1
+            assert "written by thread" in text or "readers" in text, text
+        return seen
+
+    holders = [Worker(hold, i) for i in range(4)]
+    lookers = [Worker(look) for _ in range(2)]
+    time.sleep(1)  # the test's duration, not a handshake
+    stop.set()
+    assert all(w.outcome() for w in holders)
+    assert sum(w.outcome() for w in lookers) > 0, "no looker ever saw a holder"
+
+
+def test_a_fork_child_forgets_the_parents_waiting_writer() -> None:
+    """A writer waits in the parent (new readers wait behind it) when this thread, a
+    reader, forks: in the child that writer does not exist, so once the child's reader
+    lets go a new reader gets in at once, and a writer too."""
+    rw = RWLock()
+    assert rw.acquire_read()
+    writer = blocked_worker(take, rw.acquire_write, rw.release_write)
+    assert Worker(lambda: rw.acquire_read(blocking=False)).outcome() is False, \
+        "the waiting writer holds new readers back"
+    pid = os.fork()
+    if pid == 0:  # the child: only this thread exists
+        status = 1
+        try:
+            rw.release_read()
+            if rw.acquire_read(timeout=BOUND):
+                rw.release_read()
+                if rw.acquire_write(blocking=False):
+                    rw.release_write()
+                    status = 0
+        finally:
+            os._exit(status)
+    _, status = os.waitpid(pid, 0)
+    rw.release_read()
+    assert writer.outcome() is True
+    assert os.waitstatus_to_exitcode(status) == 0, "the child waited for the parent's writer"
+
+
 # ---------------------------------------------------------------------------
 # 7. Ctrl-C
 
@@ -612,3 +745,184 @@ def test_nonblocking_write_by_a_holder_returns_false() -> None:
         rw.acquire_write()
     rw.release_read()
     assert rw.writer is None and rw.readers == []
+
+
+# ---------------------------------------------------------------------------
+# 8. Adversarial: many threads at once, random timeouts and interrupts, a witness
+
+STRESS_SECONDS = 1.5
+
+
+class Sections:
+    """The critical sections of the stress test: a witness, and per lock a counter that
+    only writers change (read, pause, write: a lost update if two were inside) and
+    readers read twice around a pause (a change between: a writer was inside too)."""
+
+    def __init__(self, locks: list[RWLock]) -> None:
+        self.locks = locks
+        self.witness = Witness()
+        self.counters = [0] * len(locks)
+
+    def read(self, index: int, rng: random.Random) -> None:
+        self.witness.enter(index, "s")
+        before = self.counters[index]
+        if rng.random() < 0.5:
+            time.sleep(0)
+        if rng.random() < 0.1:
+            me = threading.get_ident()
+            assert any(r[0] == me for r in self.locks[index].readers)
+        assert self.counters[index] == before, "a writer changed the data under a reader"
+        self.witness.exit(index, "s")
+
+    def write(self, index: int, rng: random.Random) -> None:
+        self.witness.enter(index, "x")
+        writer = self.locks[index].writer
+        assert writer is not None and writer[0] == threading.get_ident(), writer
+        value = self.counters[index]
+        if rng.random() < 0.5:
+            time.sleep(0)
+        self.counters[index] = value + 1
+
+
+def rw_round(s: Sections, index: int, rng: random.Random, taken: list[int]) -> None:
+    """One random use of lock index: a read (blocking, timed, non-blocking or with; now and
+    then read again recursively), or a write (likewise), ended by a release or by a
+    downgrade and a read. taken[index] counts the writes."""
+    rw = s.locks[index]
+    how = rng.random()
+    timeout = rng.choice([0.0, rng.uniform(0, 0.003), -1])
+    if how < 0.5:
+        if how < 0.1:
+            with rw.read():
+                s.read(index, rng)
+            return
+        if not (rw.acquire_read(blocking=False) if how < 0.2 else rw.acquire_read(timeout=timeout)):
+            return
+        try:
+            s.read(index, rng)
+            if rng.random() < 0.2:
+                try:
+                    again = rw.acquire_read(timeout=timeout)
+                except RuntimeError as e:  # a writer waits: refused, not deadlocked
+                    # (with the checker on, LockOrderError reports the hazard itself)
+                    assert rw.prefer_writers and ("would deadlock" in str(e)
+                                                  or isinstance(e, LockOrderError)), e
+                else:
+                    if again:
+                        s.read(index, rng)
+                        rw.release_read()
+        finally:
+            rw.release_read()
+        return
+    if how < 0.6:
+        with rw.write():
+            s.write(index, rng)
+            s.witness.exit(index, "x")
+        taken[index] += 1
+        return
+    if not (rw.acquire_write(blocking=False) if how < 0.7 else rw.acquire_write(timeout=timeout)):
+        return
+    taken[index] += 1
+    try:
+        s.write(index, rng)
+    except BaseException:
+        s.witness.exit(index, "x")
+        rw.release_write()
+        raise
+    if rng.random() < 0.3:
+        s.witness.downgrade(index)  # still alone inside: before other readers may enter
+        rw.downgrade()
+        try:
+            s.read(index, rng)
+        finally:
+            s.witness.exit(index, "s")
+            rw.release_read()
+    else:
+        s.witness.exit(index, "x")
+        rw.release_write()
+
+
+def test_adversarial_rwlocks() -> None:
+    """8 threads (the main one interrupted by signals in its waits) read and write two
+    RWLocks (one preferring writers, one not) for 1.5 s: blocking, timed (random
+    timeouts), non-blocking and with-statement holds, recursive reads, downgrades. The
+    witness log shows no reader beside a writer and no two writers; the counters show
+    no lost write and no write under a reader; untimed waits never hang; both locks end
+    free, with no writer still counted as waiting."""
+    locks = [RWLock("stress-rw-0"), RWLock("stress-rw-1", prefer_writers=False)]
+    s = Sections(locks)
+    stop = threading.Event()
+    start = threading.Barrier(8)
+
+    def run(seed: int) -> list[int]:
+        rng = random.Random(seed)
+        taken = [0] * len(locks)
+        start.wait(BOUND)
+        while not stop.is_set():
+            rw_round(s, rng.randrange(len(locks)), rng, taken)
+        return taken
+
+    workers = [Worker(run, seed) for seed in range(1, 8)]
+    rng = random.Random(0)
+    mine = [0] * len(locks)
+    me = threading.get_ident()
+    interrupted = 0
+    with Interrupter() as interrupter:
+        start.wait(BOUND)
+        deadline = time.monotonic() + STRESS_SECONDS
+        while time.monotonic() < deadline:
+            index = rng.randrange(len(locks))
+            rw = locks[index]
+            write = rng.random() < 0.4
+            timeout = rng.choice([-1, rng.uniform(0, 0.003)])
+            try:
+                interrupter.armed = True
+                got = (rw.acquire_write if write else rw.acquire_read)(timeout=timeout)
+                interrupter.armed = False
+            except Interrupted:
+                interrupted += 1
+                if write:
+                    got = rw.writer is not None and rw.writer[0] == me
+                else:
+                    got = any(r[0] == me for r in rw.readers)
+            if not got:
+                continue
+            if write:
+                mine[index] += 1
+                try:
+                    s.write(index, rng)
+                finally:
+                    s.witness.exit(index, "x")
+                    rw.release_write()
+            else:
+                try:
+                    s.read(index, rng)
+                finally:
+                    rw.release_read()
+        stop.set()
+        taken = [w.outcome(timeout=4 * BOUND) for w in workers]
+    taken.append(mine)
+    s.witness.check()
+    assert s.counters == [sum(t[i] for t in taken) for i in range(len(locks))], \
+        "a write was lost: two writers were inside"
+    assert all(t[0] + t[1] > 0 for t in taken), f"a thread never wrote: {taken}"
+    assert interrupter.sent > 0
+    for rw in locks:
+        assert rw.writer is None and rw.readers == []
+        assert rw.acquire_write(blocking=False), "a lock was left unusable"
+        rw.release_write()
+        assert rw.acquire_read(blocking=False), "a reader is held back by a writer gone"
+        rw.release_read()
+
+
+@pytest.mark.skipif(latchwire._core.perturbing(), reason="perturbation is on: run above")
+def test_adversarial_under_perturbation() -> None:
+    """The adversarial test again, in a fresh interpreter with LATCHWIRE_PERTURB=1 (the
+    core pauses between each check and the act depending on it, and around GIL releases)."""
+    env = {**os.environ, "LATCHWIRE_PERTURB": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider",
+         "-k", "adversarial", "--basetemp", str(Path(tempfile.mkdtemp()) / "t")],
+        capture_output=True, text=True, env=env, timeout=GUARD, check=False)
+    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-2000:]
+    assert " passed" in result.stdout and "skipped" in result.stdout, result.stdout[-2000:]

@@ -16,6 +16,15 @@ doing the opposite, and with the lock-order checker on it raises
 ``LockOrderError`` the first time. Both locks take part in the checker under
 class names of their own: ``"<name> list"``, and the objects' (by default
 ``"<type> object"``, or ``Lockable(lockclass=...)``).
+
+Which lock guards what (nothing here leans on the GIL): the indices and the
+list's class set change under the list lock held for writing and are read
+under it; an object's ``name`` and ``id`` change under the list's write lock
+while the caller holds the object (so a holder of either lock reads them
+steady); its ``_removing`` flag changes under the list's write lock and is read
+under that lock or under the object's own lock, after locking it. A lookup that
+locked the object before ``remove()`` did may still read the flag unset: that
+lookup came first, and ``remove()`` waits for it.
 """
 
 from __future__ import annotations
@@ -272,11 +281,10 @@ class ObjectList(Generic[T]):
                 obj.id = None
 
     def _snapshot(self, active: bool | None) -> list[T]:
-        with self._lock.read():
-            objs = list(self._by_uuid.values())
-        if active is None:
-            return objs
-        return [obj for obj in objs if (obj.id is not None) == active]
+        with self._lock.read():  # ids change under the write lock: filter under this one
+            if active is None:
+                return list(self._by_uuid.values())
+            return [obj for obj in self._by_uuid.values() if (obj.id is not None) == active]
 
     def for_each(self, fn: Callable[[T], object], active: bool | None = None) -> int:
         """Call fn on each object (active ones only, or inactive ones only), locked.

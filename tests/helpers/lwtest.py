@@ -25,8 +25,11 @@ Every wait is bounded, so a bug fails a test instead of hanging it; the
 
 For the in-process locks (Mutex, RWLock, the lock-order checker): ``here`` and
 ``site`` name a place as latchwire does, ``timeout_overshoots`` and
-``assert_on_time`` judge timed-out acquires, ``pairs`` lists the orders the
-checker has seen.
+``assert_on_time`` judge timed-out acquires; ``timed_out_waits`` and
+``assert_timely_as_reference`` judge them against threading.Lock's timed waits
+measured beside them, ``wake_latency`` and ``assert_woken_as_reference`` a
+waiter's wake-up against threading.Lock's, and ``assert_at_once`` a call that
+must not wait; ``pairs`` lists the orders the checker has seen.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import json
 import multiprocessing
 import os
 import platform
+import random
 import select
 import signal
 import statistics
@@ -43,6 +47,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -608,6 +613,195 @@ def assert_on_time(overshoots: Sequence[float], median: float = 0.002,
     report = ", ".join(f"{x * 1000:.3f}" for x in overshoots)
     assert statistics.median(overshoots) <= median, f"overshoots (ms): {report}"
     assert max(overshoots) <= worst, f"overshoots (ms): {report}"
+
+
+def timed_out_waits(acquire: Callable[..., bool], timeout: float = 0.05,
+                    rounds: int = 9) -> tuple[list[float], list[float]]:
+    """Timed-out acquires, each round beside the same wait on threading.Lock: (overshoots,
+    reference overshoots).
+
+    Each round calls acquire(timeout=timeout) on a lock held elsewhere and
+    ``threading.Lock.acquire(timeout=timeout)`` on a Lock this thread holds (the
+    reference, which times out alike), in alternating order, so that both see the same
+    load. Each call must return False, never before the timeout; the overshoots are in
+    seconds.
+    """
+    reference = threading.Lock()
+    reference.acquire()
+    try:
+        waits: tuple[list[float], list[float]] = ([], [])
+        for i in range(rounds):
+            for which in ((0, 1) if i % 2 else (1, 0)):
+                waits[which].extend(timeout_overshoots(
+                    acquire if which == 0 else reference.acquire, timeout, 1))
+        return waits
+    finally:
+        reference.release()
+
+
+def assert_timely_as_reference(overshoots: Sequence[float], reference: Sequence[float],
+                               timeout: float) -> None:
+    """Fail unless timed-out waits end about as promptly as threading.Lock's beside them.
+
+    The median overshoot may be up to twice the reference's plus 2 ms, the worst up to
+    the reference's worst plus 5 timeouts: a loaded machine delays both alike (the
+    thread that timed out waits for a CPU and for the GIL), while a regression (a polling
+    wait, a deadline misread, a wait that outlives its timeout) shows on its own.
+    """
+    report = (", ".join(f"{x * 1000:.3f}" for x in overshoots) + " ms; threading.Lock: "
+              + ", ".join(f"{x * 1000:.3f}" for x in reference) + " ms")
+    assert statistics.median(overshoots) <= 2 * statistics.median(reference) + 0.002, report
+    assert max(overshoots) <= max(reference) + 5 * timeout, report
+
+
+def wake_latency(lock: Any, *, sem_wait: bool = False) -> float:
+    """Seconds from lock.release() here to a thread blocked in lock.acquire() running on.
+
+    This thread takes lock, a Worker blocks acquiring it (seen in the kernel), this
+    thread releases it; the Worker takes it, lets it go and ends.
+    """
+    assert lock.acquire(timeout=BOUND)
+
+    def take() -> None:
+        lock.acquire()  # untimed, as wait_until_blocked recognises it (a lost wake: a hang)
+        lock.release()
+
+    worker = Worker(take)
+    try:
+        wait_until_blocked(worker.tid, worker.done, sem_wait=sem_wait)
+    finally:
+        released = time.monotonic()
+        lock.release()
+    worker.outcome()
+    return worker.ended - released
+
+
+def assert_woken_as_reference(latency: float, reference: float) -> None:
+    """Fail unless a waiter ran on after the release about as soon as threading.Lock's.
+
+    ``reference`` is ``wake_latency(threading.Lock(), sem_wait=True)`` measured in the
+    same test. The bound, 20 times the reference plus half a second, is what only a
+    lost wake-up breaks (the waiter then sleeps until its own timeout, if any).
+    """
+    assert latency <= 20 * reference + 0.5, \
+        f"woken {latency * 1000:.3f} ms after the release (threading.Lock: " \
+        f"{reference * 1000:.3f} ms)"
+
+
+def assert_at_once(elapsed: float, instead: float, what: str) -> None:
+    """Fail unless a call that must not wait took well under the wait it would have made.
+
+    ``instead`` is how long the call would have taken had it waited (its timeout, or
+    how long the other thread holds the lock); the bound is a fifth of it. No reference
+    is measured: the alternative is a wait of seconds, and a loaded machine's stalls are
+    orders of magnitude shorter.
+    """
+    assert elapsed < instead / 5, f"{what} took {elapsed:.3f} s: it waited"
+
+
+class Witness:
+    """Entries to and exits from the critical sections of several locks, checked for overlaps.
+
+    Each thread calls ``enter(lock, mode)`` right after its acquire returned and
+    ``exit(lock, mode)`` right before it releases (mode "x", exclusive, or "s", shared),
+    ``downgrade(lock)`` right before it turns an exclusive hold into a shared one (which
+    it then exits as "s"). Every event is
+    one ``list.append`` (atomic), so the log's order is the order in which they happened
+    and, if the locks exclude as they promise, ``check()`` replaying it never sees an
+    exclusive holder beside anyone else.
+    """
+
+    def __init__(self) -> None:
+        self.log: list[tuple[int, str, int]] = []
+
+    def enter(self, lock: int, mode: str) -> None:
+        self.log.append((lock, "enter " + mode, threading.get_ident()))
+
+    def exit(self, lock: int, mode: str) -> None:
+        self.log.append((lock, "exit " + mode, threading.get_ident()))
+
+    def downgrade(self, lock: int) -> None:
+        self.log.append((lock, "downgrade", threading.get_ident()))
+
+    def check(self) -> int:
+        """Replay the log; fail at the first overlap. How many sections it saw."""
+        writer: dict[int, int] = {}
+        readers: dict[int, Counter[int]] = {}
+        sections = 0
+        for n, (lock, event, thread) in enumerate(self.log):
+            inside = readers.setdefault(lock, Counter())
+            where = f"event {n} of {len(self.log)}: thread {thread} {event} lock {lock}"
+            if event == "enter x":
+                assert lock not in writer and not inside, \
+                    f"{where} while writer {writer.get(lock)} and readers {dict(inside)} hold it"
+                writer[lock] = thread
+                sections += 1
+            elif event == "enter s":
+                assert lock not in writer, f"{where} while {writer[lock]} writes"
+                inside[thread] += 1
+                sections += 1
+            elif event == "downgrade":
+                assert writer.get(lock) == thread and not inside, \
+                    f"{where} while writer {writer.get(lock)} and readers {dict(inside)} hold it"
+                del writer[lock]
+                inside[thread] += 1
+            elif event == "exit x":
+                assert writer.get(lock) == thread, f"{where}, held by {writer.get(lock)}"
+                del writer[lock]
+            else:
+                assert inside[thread] > 0, f"{where} without a read hold"
+                inside[thread] -= 1
+                if not inside[thread]:
+                    del inside[thread]
+        assert not writer and not any(readers.values()), f"still inside: {writer} {readers}"
+        return sections
+
+
+class Interrupted(Exception):
+    """What ``Interrupter`` raises in the main thread, from inside a lock wait."""
+
+
+class Interrupter:
+    """Sends SIGUSR1 to the main thread at random moments (every 0.5-3 ms) while active.
+
+    The handler raises ``Interrupted`` only while ``armed`` is set (the main thread
+    sets it around a lock call), so the exception comes out of the wait (latchwire
+    runs signal handlers when its futex wait returns EINTR) or just before or after
+    the call: the caller finds out from the lock whether it holds it. ``sent`` counts
+    the signals. A context manager; main thread only (need()).
+    """
+
+    def __init__(self, seed: int = 0) -> None:
+        need(threading.current_thread() is threading.main_thread(),
+             "signals go to the main thread only, and this test runs in another")
+        self.armed = False
+        self.sent = 0
+        self._rng = random.Random(seed)
+        self._stop = threading.Event()
+        self._old: Any = None
+        self._worker: Worker | None = None
+
+    def _handler(self, signo: int, frame: Any) -> None:
+        if self.armed:
+            self.armed = False
+            raise Interrupted
+
+    def _send(self, ident: int) -> None:
+        while not self._stop.wait(self._rng.uniform(0.0005, 0.003)):
+            signal.pthread_kill(ident, signal.SIGUSR1)
+            self.sent += 1
+
+    def __enter__(self) -> Interrupter:
+        self._old = signal.signal(signal.SIGUSR1, self._handler)
+        self._worker = Worker(self._send, threading.get_ident(), thread_name="interrupter")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        assert self._worker is not None
+        self._worker.join()
+        self.armed = False
+        signal.signal(signal.SIGUSR1, self._old)
 
 
 def pairs() -> set[tuple[str, str]]:
