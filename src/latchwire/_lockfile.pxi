@@ -271,6 +271,7 @@ cdef class _LockFile:
     cdef bytes vpath            # the claimant's: the path last walked, ...
     cdef unsigned int vepoch    # ... in this watch epoch, ...
     cdef bint vok               # ... and whether the watch may vouch for it since
+    cdef unsigned int walks     # the claimant's: how often the path was walked
     cdef list parked            # descriptors of the inode to close when it dies (mu)
     cdef list names             # the paths the tables may know it by (lw_table_mu)
     cdef readonly object ikey   # (dev, ino)
@@ -615,7 +616,11 @@ cdef class _LockFile:
                 and lw_watch_quiet(self.watch, self.vepoch):
             return LW_GRANTED
         # Watch first, then walk: whatever moves after the walk shows in the watch.
-        if lw_watch_ready():
+        # A record's first walk sets up no watch: most records that live for one
+        # grant (a lockspace's leases) never come back, and a watch costs two
+        # system calls to make and to drop.
+        self.walks += 1
+        if self.walks > 1 and lw_watch_ready():
             lw_watch_drain()
             if self.watch is None or self.watch.wd < 0:
                 if self.watch is not None:
