@@ -23,8 +23,13 @@ it released the GIL around ``open()``:
 - *the kill storm*: threads here plus worker processes on their own FileLocks
   of one file, cancels and timeouts, workers SIGKILLed at random and respawned.
 
+The lock files live in a directory where another process holds half of the
+opens for 0.1-1 ms (``tests/helpers/slowopen.py``, as a slow filesystem would):
+a race across the GIL released around ``open()`` is then lost on any load, not
+only when the scheduler happens to oblige.
+
 Sizes scale with ``LATCHWIRE_STORM_SCALE`` (default 1: the whole file takes well
-under a minute on two loaded CPUs; 20 gives thousands of trials and a thousand
+under a minute on two loaded CPUs; 20 gives thousands of trials and thousands of
 kills). Nothing waits on a bare sleep: threads meet at barriers and events,
 processes answer on pipes, every wait and join is bounded, and the watchdog here
 scales with the size. A "blocking" acquisition waits up to LONG (30 s), which only
@@ -48,7 +53,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from lwtest import GUARD, Prober
+from lwtest import GUARD, REQUIRE_KERNEL, Prober
+from slowopen import SlowOpens
 from storm_worker import LONG, WorkerPool, attempt, churn
 from witness import Report, Witness, check
 
@@ -74,6 +80,24 @@ def storm_watchdog() -> Iterator[None]:
     faulthandler.cancel_dump_traceback_later()
 
 
+@pytest.fixture
+def locks(tmp_path: Path) -> Iterator[Path]:
+    """The directory for the test's lock files, with opens of them slowed: another
+    process holds half of them for 0.1-1 ms (``SlowOpens``, fanotify, root only), as a
+    slow filesystem would, so that a thread that releases the GIL around open() is
+    overtaken there on any load. Without fanotify the test runs unslowed (a failure
+    under LATCHWIRE_REQUIRE_KERNEL=1)."""
+    directory = tmp_path / "locks"
+    directory.mkdir()
+    slow = SlowOpens(directory)
+    if slow.refused and REQUIRE_KERNEL:
+        pytest.fail(f"LATCHWIRE_REQUIRE_KERNEL=1 but opens cannot be slowed: {slow.refused}")
+    try:
+        yield directory
+    finally:
+        slow.close()
+
+
 @pytest.fixture(params=["ofd", "posix"])
 def lock_kind(request: pytest.FixtureRequest) -> Iterator[str]:
     """FileLocks made in this process during the test use OFD or classic POSIX locks;
@@ -86,46 +110,48 @@ def lock_kind(request: pytest.FixtureRequest) -> Iterator[str]:
         _core._use_posix_locks(os.environ.get("LATCHWIRE_LOCKS") == "posix")
 
 
-def run_threads(count: int, target: Callable[[int], Any], timeout: float) -> list[str]:
-    """Run target(0) ... target(count - 1) in threads at once; join them all within
-    timeout. Returns a description of each thread that raised or was still running."""
-    failures: list[str] = []
+class Crew:
+    """count threads, each running target(i), started together. ``join(timeout)``
+    waits for them all within timeout and says what went wrong: each thread that
+    raised (its traceback) or was still running."""
 
-    def run(i: int) -> None:
+    def __init__(self, count: int, target: Callable[[int], Any], name: str = "storm") -> None:
+        self._target = target
+        self._failures: list[str] = []
+        self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True,
+                                          name=f"{name}-{i}") for i in range(count)]
+        for thread in self._threads:
+            thread.start()
+
+    def _run(self, i: int) -> None:
         try:
-            target(i)
+            self._target(i)
         except BaseException:
-            failures.append(f"thread {i}: {traceback.format_exc()}")
+            self._failures.append(f"{threading.current_thread().name}: {traceback.format_exc()}")
 
-    threads = [threading.Thread(target=run, args=(i,), daemon=True, name=f"storm-{i}")
-               for i in range(count)]
-    for thread in threads:
-        thread.start()
-    deadline = time.monotonic() + timeout
-    for thread in threads:
-        thread.join(max(0.0, deadline - time.monotonic()))
-    failures += [f"{thread.name} still running after {timeout:.0f} s"
-                 for thread in threads if thread.is_alive()]
-    return failures
+    def join(self, timeout: float) -> list[str]:
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        return self._failures + [f"{thread.name} still running after {timeout:.0f} s"
+                                 for thread in self._threads if thread.is_alive()]
 
 
 def assert_exclusive(what: str, report: Report, failures: list[str] | None = None,
                      probes: list[str] | None = None, extra: str = "") -> None:
-    """Print what the witness found (one RACES line, then details), then fail unless it
-    found no overlap, no counter mismatch, no bad log, no probe granted and no failure."""
+    """Print one RACES line of what the witness found, then fail (with the details)
+    unless it found no overlap, no counter mismatch, no bad log, no probe granted
+    while held and no other failure."""
     failures = failures or []
     probes = probes or []
     print(f"\nRACES {what}: overlaps={len(report.overlaps)} "
           f"counter={len(report.counter_errors)} probes={len(probes)} "
           f"log={len(report.problems)} failures={len(failures)} sections={report.sections} "
           f"kills={report.kills} cut={report.cut} perturb={int(_core.perturbing())} {extra}")
-    print(report.summary())
-    for text in probes[:8] + failures[:8]:
-        print(f"  {text}")
     if not (report.clean and not probes and not failures):
         pytest.fail(f"{what}: {len(report.overlaps)} overlaps, {len(report.counter_errors)} "
                     f"counter mismatches, {len(probes)} probes granted while held, "
-                    f"{len(report.problems)} log problems, {len(failures)} failures\n"
+                    f"{len(report.problems)} log problems, {len(failures)} other failures\n"
                     f"{report.summary()}\n" + "\n".join(probes[:8] + failures[:8]),
                     pytrace=False)
 
@@ -141,18 +167,19 @@ def test_perturbation_switch_follows_the_environment() -> None:
 
 class Thrash:
     """8 threads that meet for each trial: the main thread picks the trial's lock
-    file; each thread makes its own FileLock of it and waits at a barrier; all go at
-    once, each acquiring as ``plan`` says (a witnessed section if granted, probed from
-    another process with ``prober``); the main thread meanwhile may ``cancel()``
-    locks of the trial; then all drop their FileLocks and meet again, and
-    ``between(trial)`` runs before the next trial.
+    file (in locks); each thread makes its own FileLock of it and waits at a barrier;
+    all go at once, each acquiring as ``plan`` says (if granted: a witnessed section,
+    probed from another process with ``prober``, or else held up to 0.5 ms); the main
+    thread meanwhile may ``cancel()`` locks of the trial; then all drop their
+    FileLocks and meet again, and ``between(path)`` runs before the next trial.
     """
 
-    def __init__(self, tmp_path: Path, trials: int, *, fresh: bool = True,
+    def __init__(self, tmp_path: Path, locks: Path, trials: int, *, fresh: bool = True,
                  plan: Callable[[random.Random], tuple[str, bool]] = lambda rng: ("wait", False),
                  cancels: bool = False, prober: Prober | None = None,
                  between: Callable[[str], None] | None = None) -> None:
         self.tmp_path = tmp_path
+        self.locks_dir = locks
         self.trials = trials
         self.fresh = fresh
         self.plan = plan
@@ -163,7 +190,7 @@ class Thrash:
         self.barrier = threading.Barrier(THREADS + 1, timeout=MEET)
         self.path = ""
         self.locks: list[FileLock | None] = [None] * THREADS
-        self.outcomes: collections.Counter[str] = collections.Counter()
+        self._outcomes = [collections.Counter[str]() for _ in range(THREADS)]
         self.probes: list[str] = []
         self.failures: list[str] = []
 
@@ -186,19 +213,25 @@ class Thrash:
                 if outcome == "held":
                     try:
                         with writer.section(os.path.basename(path), lock, shared):
-                            if self.prober is not None:
-                                seen = self.prober.probe(path, "ex" if shared else "sh")
-                                if seen != "busy":
-                                    self.probes.append(f"trial {trial}, thread {i}: the probe "
-                                                       f"found the file {seen} while held")
+                            if self.prober is None:
+                                time.sleep(rng.random() * 0.0005)  # the work done inside
+                            elif (seen := self.prober.probe(path, "ex" if shared else "sh")
+                                  ) != "busy":
+                                self.probes.append(f"trial {trial}, thread {i}: the probe "
+                                                   f"found the file {seen} while held")
                     finally:
                         lock.release()
-                self.outcomes[outcome] += 1
+                self._outcomes[i][outcome] += 1
             except Exception:
                 self.failures.append(f"trial {trial}, thread {i}: {traceback.format_exc()}")
             self.locks[i] = None
             del lock
             self.barrier.wait()  # the trial is over
+
+    @property
+    def outcomes(self) -> collections.Counter[str]:
+        """How the threads' attempts ended: "held", "busy", "timeout", "cancelled"."""
+        return sum(self._outcomes, collections.Counter[str]())
 
     def run(self) -> Report:
         rng = random.Random(12345)
@@ -209,7 +242,7 @@ class Thrash:
         try:
             for trial in range(self.trials):
                 name = f"trial-{trial}.lock" if self.fresh else "thrash.lock"
-                self.path = str(self.tmp_path / name)
+                self.path = str(self.locks_dir / name)
                 self.barrier.wait()
                 self.barrier.wait()
                 if self.cancels:
@@ -240,11 +273,12 @@ def prober() -> Iterator[Prober]:
     proc.close()
 
 
-def test_thrash_new_file_each_trial(tmp_path: Path, lock_kind: str, prober: Prober) -> None:
+def test_thrash_new_file_each_trial(tmp_path: Path, locks: Path, lock_kind: str,
+                                    prober: Prober) -> None:
     """Issue 14's first reproduction: each trial on a lock file not yet open here, 8
     threads with a FileLock each acquire at once. Never two inside; and another
     process probing with plain F_OFD_SETLK from inside every section is always refused."""
-    thrash = Thrash(tmp_path, scaled(250), prober=prober)
+    thrash = Thrash(tmp_path, locks, scaled(250), prober=prober)
     report = thrash.run()
     assert_exclusive(f"thrash-new-file[{lock_kind}]", report, thrash.failures, thrash.probes,
                      f"outcomes={dict(thrash.outcomes)}")
@@ -265,11 +299,9 @@ def _descriptors_of(path: str) -> list[int]:
     return found
 
 
-def test_thrash_record_recreated_after_collection(tmp_path: Path) -> None:
+def test_thrash_record_recreated_after_collection(tmp_path: Path, locks: Path) -> None:
     """One lock file; between trials every FileLock of it is dropped and collected,
-    so the process has no descriptor of it left and the next trial makes the record
-    anew. The file exists, so each trial's race is over an open() of a microsecond or
-    two: it takes more trials than with new files to lose exclusion on the old core."""
+    so the process has no descriptor of it left and the next trial makes the record anew."""
     left_open: list[str] = []
 
     def collect(path: str) -> None:
@@ -277,30 +309,30 @@ def test_thrash_record_recreated_after_collection(tmp_path: Path) -> None:
         if fds := _descriptors_of(path):
             left_open.append(f"descriptors {fds} still open on {path} with no FileLock left")
 
-    thrash = Thrash(tmp_path, scaled(600), fresh=False, between=collect)
+    thrash = Thrash(tmp_path, locks, scaled(300), fresh=False, between=collect)
     report = thrash.run()
     assert_exclusive("thrash-collected", report, thrash.failures + left_open)
     assert thrash.outcomes["held"] == THREADS * thrash.trials
 
 
-def test_thrash_shared_and_exclusive(tmp_path: Path, prober: Prober) -> None:
+def test_thrash_shared_and_exclusive(tmp_path: Path, locks: Path, prober: Prober) -> None:
     """Fresh files, each thread shared or exclusive at random: shared holders may meet,
     nothing meets an exclusive one (the probe asks for the mode the thread holds in
     the other: it must be refused an exclusive lock while a shared one is held too)."""
-    thrash = Thrash(tmp_path, scaled(250), plan=lambda rng: ("wait", rng.random() < 0.5),
+    thrash = Thrash(tmp_path, locks, scaled(250), plan=lambda rng: ("wait", rng.random() < 0.5),
                     prober=prober)
     report = thrash.run()
     assert_exclusive("thrash-shared", report, thrash.failures, thrash.probes)
     assert thrash.outcomes["held"] == THREADS * thrash.trials
 
 
-def test_thrash_with_nonblocking_timeouts_and_cancel(tmp_path: Path) -> None:
+def test_thrash_with_nonblocking_timeouts_and_cancel(tmp_path: Path, locks: Path) -> None:
     """Fresh files; each thread waits, waits up to 2 ms, or does not wait, a quarter
     of them shared; the main thread cancel()s random FileLocks of the trial meanwhile."""
     def plan(rng: random.Random) -> tuple[str, bool]:
         return rng.choice(["wait", "wait", "timeout", "nonblocking"]), rng.random() < 0.25
 
-    thrash = Thrash(tmp_path, scaled(500), plan=plan, cancels=True)
+    thrash = Thrash(tmp_path, locks, scaled(400), plan=plan, cancels=True)
     report = thrash.run()
     assert_exclusive("thrash-interrupted", report, thrash.failures,
                      extra=f"outcomes={dict(thrash.outcomes)}")
@@ -311,14 +343,11 @@ def test_thrash_with_nonblocking_timeouts_and_cancel(tmp_path: Path) -> None:
 # 2. The README's pattern
 
 
-def test_readme_pattern_filelock_per_use_in_threads(tmp_path: Path) -> None:
+def test_readme_pattern_filelock_per_use_in_threads(tmp_path: Path, locks: Path) -> None:
     """``with latchwire.FileLock(path): ...``, a new FileLock per use, in 8 threads with
     short random pauses between uses (so at times no FileLock of the path exists and
-    the next use opens the file again). One use in 20 ends with the README's
-    ``lock.remove()`` instead, so that the next one creates the file anew: opening an
-    existing file takes a microsecond or two, too short for the other thread to run
-    in it on most loads, while creating one takes tens."""
-    path = tmp_path / "app.conf"
+    the next use opens the file again)."""
+    path = locks / "app.conf"
     uses = scaled(1500)
     witness = Witness(tmp_path / "witness")
 
@@ -326,19 +355,12 @@ def test_readme_pattern_filelock_per_use_in_threads(tmp_path: Path) -> None:
         rng = random.Random(i)
         writer = witness.writer()
         for _ in range(uses):
-            if rng.random() < 0.05:
-                lock = latchwire.FileLock(path)
-                lock.acquire()
-                with writer.section("app.conf", lock):
-                    pass
-                lock.remove()  # unlink while held, then release
-            else:
-                with latchwire.FileLock(path) as lock, writer.section("app.conf", lock):
-                    pass
+            with latchwire.FileLock(path) as lock, writer.section("app.conf", lock):
+                pass
             del lock  # as after the README's `with latchwire.FileLock(path):`, nothing keeps it
             time.sleep(rng.random() * 0.001)
 
-    failures = run_threads(THREADS, worker, timeout=60 * max(1.0, SCALE))
+    failures = Crew(THREADS, worker).join(60 * max(1.0, SCALE))
     witness.close()
     report = check(tmp_path / "witness")
     assert_exclusive("readme-pattern", report, failures)
@@ -362,24 +384,24 @@ class Owner:
 
 
 @pytest.mark.parametrize("spaces", [1, 2])
-def test_lockspace_owners_in_threads(tmp_path: Path, spaces: int) -> None:
+def test_lockspace_owners_in_threads(tmp_path: Path, locks: Path, spaces: int) -> None:
     """8 owner threads on 3 auto-created names of one directory, through one LockSpace
     or two (each thread keeps to one); exclusive or shared, waiting (up to 5 ms, or
     LONG) or not; a reaper thread release_owner()s random owners. A lease never goes
     to two owners at once, except shared to shared."""
-    directory = tmp_path / "leases"
-    lockspaces = [LockSpace(directory) for _ in range(spaces)]
+    lockspaces = [LockSpace(locks) for _ in range(spaces)]
     names = ["disk-a", "disk-b", "net"]
     ops = scaled(1000)
     witness = Witness(tmp_path / "witness")
     owners = [Owner(f"o{i}.0") for i in range(THREADS)]
-    outcomes: collections.Counter[str] = collections.Counter()
+    outcomes = [collections.Counter[str]() for _ in range(THREADS + 1)]  # the reaper's last
     done = threading.Event()
 
     def worker(i: int) -> None:
         space = lockspaces[i % spaces]
         rng = random.Random(i)
         writer = witness.writer()
+        seen = outcomes[i]
         for op in range(ops):
             owner = owners[i]
             if owner.reaped:
@@ -391,15 +413,15 @@ def test_lockspace_owners_in_threads(tmp_path: Path, spaces: int) -> None:
             try:
                 space.acquire(name, owner=owner.name, shared=shared, wait=wait, timeout=timeout)
             except LockBusy:
-                outcomes["busy"] += 1
+                seen["busy"] += 1
                 continue
             except LockTimeout:
                 assert timeout != LONG, f"a wait of {LONG} s timed out"
-                outcomes["timeout"] += 1
+                seen["timeout"] += 1
                 continue
             except LockCancelled:
                 assert owner.reaped, f"{owner.name}'s wait was cancelled, but it was not reaped"
-                outcomes["cancelled"] += 1
+                seen["cancelled"] += 1
                 continue
             with owner.guard:
                 if not owner.reaped:
@@ -408,14 +430,14 @@ def test_lockspace_owners_in_threads(tmp_path: Path, spaces: int) -> None:
                             time.sleep(rng.random() * 0.0005)
             try:
                 space.release(name, owner.name)
-                outcomes["held"] += 1
+                seen["held"] += 1
             except RuntimeError:
                 assert owner.reaped, f"{owner.name} lost {name} without being reaped"
-                outcomes["reaped while holding"] += 1
+                seen["reaped while holding"] += 1
             if rng.random() < 0.5:
                 time.sleep(rng.random() * 0.0002)
 
-    def reaper() -> None:
+    def reaper(_: int) -> None:
         rng = random.Random(99)
         while not done.wait(rng.random() * 0.003):
             i = rng.randrange(THREADS)
@@ -423,34 +445,35 @@ def test_lockspace_owners_in_threads(tmp_path: Path, spaces: int) -> None:
             with owner.guard:
                 owner.reaped = True
                 lockspaces[i % spaces].release_owner(owner.name)
-            outcomes["reaps"] += 1
+            outcomes[THREADS]["reaps"] += 1
 
-    reaping = threading.Thread(target=reaper, daemon=True)
-    reaping.start()
+    reaping = Crew(1, reaper, "reaper")
     try:
-        failures = run_threads(THREADS, worker, timeout=60 * max(1.0, SCALE))
+        failures = Crew(THREADS, worker).join(60 * max(1.0, SCALE))
     finally:
         done.set()
-        reaping.join(MEET)
+        failures_reaping = reaping.join(MEET)
     witness.close()
     report = check(tmp_path / "witness")
+    failures += failures_reaping
     left = [lease for space in lockspaces for lease in space.held()]
     if left:
         failures.append(f"leases left held after every owner released or was reaped: {left}")
-    assert_exclusive(f"lockspace[{spaces}]", report, failures, extra=f"outcomes={dict(outcomes)}")
+    assert_exclusive(f"lockspace[{spaces}]", report, failures,
+                     extra=f"outcomes={dict(sum(outcomes, collections.Counter[str]()))}")
 
 
 # ---------------------------------------------------------------------------
 # 4. The kill storm: threads here, worker processes there, SIGKILLs
 
 
-def test_kill_storm_threads_and_processes(tmp_path: Path, lock_kind: str) -> None:
+def test_kill_storm_threads_and_processes(tmp_path: Path, locks: Path, lock_kind: str) -> None:
     """8 threads here and 4 worker processes (2 threads each) loop on FileLocks of one
     file (a new object for most uses; waits, 2 ms timeouts, non-blocking tries; a
     quarter shared); a thread here cancel()s random locks of the others; a random
     worker is SIGKILLed every 0-80 ms and a new one forked. The witness log closes a
     killed worker's open section where the kill was sent (see witness.py)."""
-    lockfile = str(tmp_path / "storm.lock")
+    lockfile = str(locks / "storm.lock")
     resource = os.path.basename(lockfile)
     kills = scaled(120)
     rng = random.Random(7)
@@ -459,18 +482,19 @@ def test_kill_storm_threads_and_processes(tmp_path: Path, lock_kind: str) -> Non
                       posix=lock_kind == "posix")
     stop = threading.Event()
     slots: list[list[FileLock | None]] = [[None] for _ in range(THREADS)]
-    outcomes: collections.Counter[str] = collections.Counter()
+    outcomes = [collections.Counter[str]() for _ in range(THREADS)]
     statuses: list[str] = []
     failures: list[str] = []
-    errors: list[str] = []  # the threads' here
+    errors: list[str] = []  # the churning threads' here
+    bound = MEET * max(1.0, SCALE)
     try:
         assert FileLock(lockfile, lockfile=lockfile).lock_kind == lock_kind
         for seed in range(4):
             pool.spawn(2, seed)
 
         def thread(i: int) -> None:
-            outcomes.update(churn(witness.writer(), lockfile, resource, random.Random(100 + i),
-                                  stop, errors, slots[i]))
+            outcomes[i] = churn(witness.writer(), lockfile, resource, random.Random(100 + i),
+                                stop, errors, slots[i])
 
         def canceller(_: int) -> None:
             crng = random.Random(5)
@@ -479,23 +503,18 @@ def test_kill_storm_threads_and_processes(tmp_path: Path, lock_kind: str) -> Non
                 if lock is not None:
                     lock.cancel()
 
-        churning = threading.Thread(
-            target=lambda: failures.extend(run_threads(THREADS, thread, MEET * max(1.0, SCALE))),
-            daemon=True)
-        cancelling = threading.Thread(target=lambda: failures.extend(
-            run_threads(1, canceller, MEET * max(1.0, SCALE))), daemon=True)
-        churning.start()
-        cancelling.start()
-        for k in range(kills):
-            if stop.wait(rng.random() * 0.08):
-                break
-            status = pool.kill(rng.choice(pool.running))
-            if status != "signal9":
-                failures.append(f"kill {k}: the worker ended with {status}, not by SIGKILL")
-            pool.spawn(2, 10 + k)
-        stop.set()
-        churning.join(MEET * max(1.0, SCALE) + 5)
-        cancelling.join(MEET * max(1.0, SCALE) + 5)
+        churning = Crew(THREADS, thread)
+        cancelling = Crew(1, canceller, "canceller")
+        try:
+            for k in range(kills):
+                time.sleep(rng.random() * 0.08)  # not a wait for anything: when the next kill lands
+                status = pool.kill(rng.choice(pool.running))
+                if status != "signal9":
+                    failures.append(f"kill {k}: the worker ended with {status}, not by SIGKILL")
+                pool.spawn(2, 10 + k)
+        finally:
+            stop.set()
+            failures += churning.join(bound) + cancelling.join(bound)
         statuses = [pool.stop(tag) for tag in list(pool.running)]
     finally:
         stop.set()
@@ -506,5 +525,5 @@ def test_kill_storm_threads_and_processes(tmp_path: Path, lock_kind: str) -> Non
         failures.append(f"workers stopped with {statuses}; their errors:\n{pool.errors()}")
     report = check(tmp_path / "witness")
     assert_exclusive(f"kill-storm[{lock_kind}]", report, failures,
-                     extra=f"outcomes={dict(outcomes)}")
+                     extra=f"outcomes={dict(sum(outcomes, collections.Counter[str]()))}")
     assert report.kills >= kills
