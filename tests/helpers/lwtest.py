@@ -82,8 +82,15 @@ def new_lock(lockfile: str) -> FileLock:
 
 
 def child_env() -> dict[str, str]:
-    """os.environ without LATCHWIRE_LOCKS: a child started with it picks its lock kind itself."""
-    return {k: v for k, v in os.environ.items() if k != "LATCHWIRE_LOCKS"}
+    """os.environ without LATCHWIRE_LOCKS (a child started with it picks its lock kind
+    itself), and with PYTHONPATH's entries made absolute: a child started in another
+    directory imports the same latchwire as the test (``PYTHONPATH=src`` would
+    otherwise find nothing there, and fall back to whatever is installed)."""
+    env = {k: v for k, v in os.environ.items() if k != "LATCHWIRE_LOCKS"}
+    if env.get("PYTHONPATH"):
+        env["PYTHONPATH"] = os.pathsep.join(os.path.abspath(entry) if entry else entry
+                                            for entry in env["PYTHONPATH"].split(os.pathsep))
+    return env
 
 
 def run_cli(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:

@@ -257,7 +257,9 @@ class WorkerPool:
 
     def __init__(self, directory: Path, lockfile: str, stderr_path: Path, *,
                  posix: bool = False) -> None:
-        env = {k: v for k, v in os.environ.items() if k != "LATCHWIRE_LOCKS"}
+        from lwtest import child_env  # here: the server itself need not import the test helpers
+
+        env = child_env()
         if posix:
             env["LATCHWIRE_LOCKS"] = "posix"
         self.stderr_path = stderr_path
