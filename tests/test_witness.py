@@ -6,6 +6,7 @@ went wrong, and nothing a correct lock does, a killed holder included.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from witness import Witness, check
@@ -124,3 +125,23 @@ def test_a_section_left_open_without_a_kill_or_records_after_the_reap_are_proble
     report = check(tmp_path)
     assert any("never left" in p for p in report.problems), report.problems
     assert any("after w2 was reaped" in p for p in report.problems), report.problems
+
+
+def test_a_descriptor_closed_under_the_witness_is_reported_and_loses_no_record(
+        tmp_path: Path) -> None:
+    """Code that closes a descriptor it does not own (one the witness reused) must
+    show as that, not as a section that never left or a count lost."""
+    with Witness(tmp_path / "w") as w:
+        writer = w.writer()
+        with writer.section("r", object()) as section:
+            assert section._counter is not None
+            os.close(section._counter.fd)  # as a lock closing a stale descriptor number would
+            other = os.open(tmp_path / "other", os.O_RDWR | os.O_CREAT, 0o600)  # takes it
+        with writer.section("r", object()):
+            pass
+        os.close(other)
+    report = check(tmp_path / "w")
+    assert report.overlaps == [] and report.counter_errors == [], report.summary()
+    assert report.completed == 2
+    assert len(report.problems) == 1 and "closed under the witness" in report.problems[0]
+    assert (tmp_path / "other").read_bytes() == b""  # nothing written into someone else's file

@@ -26,6 +26,8 @@ Records, one line each, fields separated by single spaces:
     X WRITER N T SEEN AFTER                                 section N of WRITER ends
     K PROCESS T                                             PROCESS is about to be SIGKILLed
     R PROCESS T                                             PROCESS is dead and reaped
+    L PROCESS T WHAT                                        a descriptor of the witness's was
+                                                            closed under it in PROCESS
 
 WRITER is one thread of one process (``PROCESS.SERIAL``); PROCESS is a tag the
 test gives each process (unique for the run, unlike pids); LOCK is the id() of
@@ -96,6 +98,49 @@ def last_value(fd: int) -> int:
     return int(os.pread(fd, WIDTH, size - WIDTH)[:12])
 
 
+class _File:
+    """A file of the witness's, by path, whose descriptor is checked before each use.
+
+    The code under test may close a descriptor it does not own (a number it had
+    closed already, now reused by the witness). Then the file is opened again and
+    ``checked()`` says so, so that the record still gets written and the loss is
+    itself recorded (an ``L`` record), instead of the log silently losing a line.
+    """
+
+    def __init__(self, path: Path, flags: int) -> None:
+        self.path = path
+        self.flags = flags
+        self._reopen = threading.Lock()
+        self.fd, self._key = self._open()
+
+    def _open(self) -> tuple[int, tuple[int, int]]:
+        fd = os.open(self.path, self.flags, 0o600)
+        st = os.fstat(fd)
+        return fd, (st.st_dev, st.st_ino)
+
+    def _ours(self, fd: int) -> bool:
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            return False
+        return (st.st_dev, st.st_ino) == self._key
+
+    def checked(self) -> tuple[int, bool]:
+        """The descriptor, and whether it had to be opened again (it was not ours any more)."""
+        fd = self.fd
+        if self._ours(fd):
+            return fd, False
+        with self._reopen:
+            if self.fd == fd:
+                self.fd, self._key = self._open()
+            return self.fd, True
+
+    def close(self) -> None:
+        """Close the descriptor, unless it has become someone else's."""
+        if self._ours(self.fd):
+            os.close(self.fd)
+
+
 class Witness:
     """The witness log of one test, as one process writes to it.
 
@@ -109,7 +154,7 @@ class Witness:
         self.directory = Path(directory)
         self.process = _token(process, "process tag")
         (self.directory / COUNTERS).mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(self.directory / LOG, _FLAGS, 0o600)
+        self._log = _File(self.directory / LOG, _FLAGS)
         self._serial = itertools.count(1)
         self._serial_lock = threading.Lock()
 
@@ -122,8 +167,17 @@ class Witness:
     def write(self, line: str) -> None:
         """Append one record (a whole line) in one write."""
         data = line.encode()
-        if os.write(self._fd, data) != len(data):
+        fd, lost = self._log.checked()
+        if lost:
+            self.lost("the-log")
+        if os.write(fd, data) != len(data):
             raise OSError(f"short write to the witness log: {line!r}")
+
+    def lost(self, what: str) -> None:
+        """Record that a descriptor of the witness's (of what: no whitespace) was closed
+        under it."""
+        fd, _ = self._log.checked()
+        os.write(fd, f"L {self.process} {time.monotonic_ns()} {what}\n".encode())
 
     def killing(self, process: str) -> None:
         """Record that process is about to be SIGKILLed: call it just before kill()."""
@@ -134,7 +188,7 @@ class Witness:
         self.write(f"R {_token(process, 'process tag')} {time.monotonic_ns()}\n")
 
     def close(self) -> None:
-        os.close(self._fd)
+        self._log.close()
 
     def __enter__(self) -> Witness:
         return self
@@ -164,7 +218,8 @@ class Writer:
 
 class Section:
     """One critical section: an entry record and the counter read on entry, the
-    counter step and an exit record on exit (also when the body raised)."""
+    counter step and an exit record on exit (the exit record also when the body or
+    the counter step raised)."""
 
     def __init__(self, writer: Writer, number: int, resource: str, lock_id: int, shared: bool,
                  label: str) -> None:
@@ -175,11 +230,18 @@ class Section:
         self.shared = shared
         self.label = label
         self.seen = 0
-        self._fd = -1
+        self._counter: _File | None = None
 
     @property
     def name(self) -> str:
         return f"{self.writer.name}#{self.number}"
+
+    def _counter_fd(self) -> int:
+        assert self._counter is not None
+        fd, lost = self._counter.checked()
+        if lost:
+            self.writer.witness.lost(f"the-counter-of-{self.resource}")
+        return fd
 
     def __enter__(self) -> Section:
         witness = self.writer.witness
@@ -187,26 +249,34 @@ class Section:
         witness.write(f"E {self.writer.name} {self.number} {witness.process} {os.getpid()} "
                       f"{threading.get_native_id()} {self.lock_id} {mode} {self.resource} "
                       f"{self.label} {time.monotonic_ns()}\n")
-        self._fd = os.open(_counter_path(witness.directory, self.resource),
-                           os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        self.seen = last_value(self._fd)
+        try:
+            self._counter = _File(_counter_path(witness.directory, self.resource),
+                                  os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC)
+            self.seen = last_value(self._counter_fd())
+        except BaseException:
+            self.__exit__(None, None, None)  # the entry record is out: so must the exit be
+            raise
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
+        after = -1  # the counter step failed
         try:
-            if self.shared:
-                after = last_value(self._fd)
+            if self._counter is None:
+                pass
+            elif self.shared:
+                after = last_value(self._counter_fd())
             else:
-                after = self.seen + 1
-                line = f"{after:012d} {self.name}".ljust(WIDTH - 1) + "\n"
+                line = f"{self.seen + 1:012d} {self.name}".ljust(WIDTH - 1) + "\n"
                 if len(line) != WIDTH:
                     raise ValueError(f"section name too long for a counter line: {self.name}")
-                os.write(self._fd, line.encode())
+                os.write(self._counter_fd(), line.encode())
+                after = self.seen + 1
         finally:
-            os.close(self._fd)
-        self.writer.witness.write(f"X {self.writer.name} {self.number} {time.monotonic_ns()} "
-                                  f"{self.seen} {after}\n")
+            if self._counter is not None:
+                self._counter.close()
+            self.writer.witness.write(f"X {self.writer.name} {self.number} "
+                                      f"{time.monotonic_ns()} {self.seen} {after}\n")
 
 
 # ---------------------------------------------------------------------------
@@ -345,6 +415,10 @@ def check(directory: str | os.PathLike[str]) -> Report:
             for here in open_on.values():
                 for name in [n for n, e in here.items() if e.process == fields[1]]:
                     here.pop(name).cut = True
+        elif kind == "L" and len(fields) == 4:
+            report.problems.append(f"line {lineno}: in {fields[1]}, {fields[3]} was closed "
+                                   "under the witness (a descriptor closed by code that "
+                                   "did not own it?)")
         elif kind == "R" and len(fields) == 3:
             if fields[1] not in dying:
                 report.problems.append(f"line {lineno}: {fields[1]} reaped without a K record")
