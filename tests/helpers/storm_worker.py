@@ -16,9 +16,8 @@ and answers each with one line on stdout:
 A worker's threads each run ``churn()`` on their own FileLocks of LOCKFILE,
 recording every critical section in the witness log (``witness.py``) under the
 worker's TAG; a worker's errors go to stderr as they happen, and make its exit
-status 1. When
-stdin closes, the server kills every worker still running and exits; a worker
-whose server is gone exits too (its stop pipe reads end-of-file).
+status 1. When stdin closes, the server kills every worker still running and
+exits; a worker whose server is gone exits too (its stop pipe reads end-of-file).
 
 ``WorkerPool`` (below) is the test's side of it.
 """
@@ -26,6 +25,7 @@ whose server is gone exits too (its stop pipe reads end-of-file).
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import random
 import select
@@ -86,7 +86,8 @@ def churn(writer: Writer, lockfile: str, resource: str, rng: random.Random,
     ``slot[0]`` is the lock in use, for a canceller thread to cancel(). Returns the
     outcomes counted ("held", "busy", "timeout", "cancelled", "error"); the
     traceback of each error (any other exception) goes to errors, and the loop
-    goes on with a new FileLock.
+    goes on with a new FileLock (the old one released first if still held, so that
+    one error does not leave a hold behind to fail every later acquisition).
     """
     outcomes: collections.Counter[str] = collections.Counter()
     lock: FileLock | None = None
@@ -112,6 +113,9 @@ def churn(writer: Writer, lockfile: str, resource: str, rng: random.Random,
                         lock.release()
         except Exception:
             errors.append(traceback.format_exc())
+            if lock.locked:  # let go of what the failed call left held, if it can be
+                with contextlib.suppress(Exception):
+                    lock.release()
             outcome, lock = "error", None
         outcomes[outcome] += 1
         # Nothing keeps a FileLock not kept for reuse: when no thread has one, the
