@@ -10,7 +10,8 @@ The other parties the tests meet:
 - ``Agent``: a fresh interpreter running ``lock_agent.py`` (a FileLock or a
   LockSpace, on JSON commands), for tests about latchwire in another process;
 - ``OtherProcess``: a small script holding OFD locks with plain ``fcntl``, an
-  oracle independent of latchwire, with ``fcntl_probe`` for a one-off look;
+  oracle independent of latchwire, with ``fcntl_probe`` for a one-off look and
+  ``Prober`` for many looks from one process;
 - ``Worker``: a thread running one call, for tests about waits in this process.
 
 Whether a waiter is blocked is observed in the kernel, never guessed from a
@@ -89,8 +90,15 @@ def new_lock(lockfile: str) -> FileLock:
 
 
 def child_env() -> dict[str, str]:
-    """os.environ without LATCHWIRE_LOCKS: a child started with it picks its lock kind itself."""
-    return {k: v for k, v in os.environ.items() if k != "LATCHWIRE_LOCKS"}
+    """os.environ without LATCHWIRE_LOCKS (a child started with it picks its lock kind
+    itself), and with PYTHONPATH's entries made absolute: a child started in another
+    directory imports the same latchwire as the test (``PYTHONPATH=src`` would
+    otherwise find nothing there, and fall back to whatever is installed)."""
+    env = {k: v for k, v in os.environ.items() if k != "LATCHWIRE_LOCKS"}
+    if env.get("PYTHONPATH"):
+        env["PYTHONPATH"] = os.pathsep.join(os.path.abspath(entry) if entry else entry
+                                            for entry in env["PYTHONPATH"].split(os.pathsep))
+    return env
 
 
 def run_cli(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
@@ -250,18 +258,14 @@ else:
 """
 
 
-class OtherProcess:
-    """Another process that locks and unlocks one file when told to, over a pipe.
+class _Script:
+    """A small Python script in another process, driven over pipes: one command line
+    in, one reply line out. It says "ready" first; left idle for WATCHDOG seconds
+    it exits."""
 
-    It replies to every command, so ``lock()`` and ``unlock()`` return once it
-    has acted; ``send("unlock")`` then ``reply()`` split an unlock so the caller
-    can act while it happens. Left idle for WATCHDOG seconds it exits, dropping
-    its locks.
-    """
-
-    def __init__(self, path: str) -> None:
+    def __init__(self, script: str, *args: str) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", _OTHER, path, str(WATCHDOG)],
+            [sys.executable, "-c", script, *args, str(WATCHDOG)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0,
         )
         self._buf = b""
@@ -288,6 +292,29 @@ class OtherProcess:
         line, self._buf = self._buf.split(b"\n", 1)
         return line.decode()
 
+    def close(self) -> None:
+        """Close its stdin so it exits (its locks with it); kill it if it lingers."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(BOUND)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class OtherProcess(_Script):
+    """Another process that locks and unlocks one file when told to, over a pipe.
+
+    It replies to every command, so ``lock()`` and ``unlock()`` return once it
+    has acted; ``send("unlock")`` then ``reply()`` split an unlock so the caller
+    can act while it happens. Left idle for WATCHDOG seconds it exits, dropping
+    its locks.
+    """
+
+    def __init__(self, path: str) -> None:
+        super().__init__(_OTHER, path)
+
     def lock(self, mode: str = "ex") -> None:
         """Take the lock (non-blocking); it must be free for the other process."""
         self.send(f"lock {mode}")
@@ -299,15 +326,60 @@ class OtherProcess:
         self.send("unlock")
         return float(self.reply())
 
-    def close(self) -> None:
-        """Close its stdin so it exits (its locks with it); kill it if it lingers."""
-        assert self.proc.stdin is not None
-        self.proc.stdin.close()
-        try:
-            self.proc.wait(BOUND)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+
+_PROBER = r"""
+import errno, fcntl, os, select, struct, sys
+
+watchdog = float(sys.argv[1])
+types = {"ex": fcntl.F_WRLCK, "sh": fcntl.F_RDLCK}
+
+
+def try_lock(path, mode):
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return "missing"
+    try:
+        fcntl.fcntl(fd, fcntl.F_OFD_SETLK, struct.pack("hhqqi4x", types[mode], 0, 0, 0, 0))
+    except OSError as exc:
+        if exc.errno in (errno.EAGAIN, errno.EACCES):
+            return "busy"
+        raise
+    else:
+        return "free"
+    finally:
+        os.close(fd)  # the only descriptor of its open file description: any lock goes
+
+
+os.write(1, b"ready\n")
+buf = b""
+while select.select([0], [], [], watchdog)[0]:
+    data = os.read(0, 65536)
+    if not data:
+        break
+    buf += data
+    while b"\n" in buf:
+        line, buf = buf.split(b"\n", 1)
+        mode, path = line.decode().split(" ", 1)
+        os.write(1, (try_lock(path, mode) + "\n").encode())
+"""
+
+
+class Prober(_Script):
+    """Another process that, on each ``probe(path)``, tries to take an OFD lock on
+    path with plain ``fcntl`` (``F_OFD_SETLK``, never waiting) and lets go of it at
+    once: "free" if it got it, "busy" if not, "missing" if there is no such file.
+    An oracle independent of latchwire, cheap enough to ask from inside every
+    critical section; any thread may call it (one probe at a time)."""
+
+    def __init__(self) -> None:
+        super().__init__(_PROBER)
+        self._turn = threading.Lock()
+
+    def probe(self, path: str | Path, mode: str = "ex") -> str:
+        with self._turn:
+            self.send(f"{mode} {path}")
+            return self.reply()
 
 
 def fcntl_probe(path: str, mode: str = "ex") -> str:
