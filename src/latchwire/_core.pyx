@@ -29,7 +29,8 @@ is never waited for with the GIL held.
 cimport cython
 from cpython.pythread cimport PyThread_get_thread_ident
 from cpython.ref cimport Py_DECREF, Py_INCREF
-from libc.errno cimport EACCES, EAGAIN, EINTR, EINVAL, ELOOP, ENOBUFS, ENOENT, EROFS, errno
+from libc.errno cimport (EACCES, EAGAIN, EDEADLOCK, EINTR, EINVAL, ELOOP, ENOBUFS, ENOENT, EROFS,
+                         errno)
 from libc.stdlib cimport abort
 from libc.signal cimport SIG_DFL
 from libc.string cimport memset
@@ -41,7 +42,7 @@ from posix.fcntl cimport fcntl as c_fcntl
 from posix.signal cimport (SIG_SETMASK, SIG_UNBLOCK, sigaction, sigaction_t, sigaddset,
                            sigemptyset, sigevent, sigismember, sigset_t)
 from posix.stat cimport S_ISREG, fstat, lstat, struct_stat
-from posix.time cimport (CLOCK_MONOTONIC, clock_gettime, itimerspec, timer_create,
+from posix.time cimport (CLOCK_MONOTONIC, clock_gettime, itimerspec, nanosleep, timer_create,
                          timer_delete, timer_settime, timer_t, timespec)
 from posix.types cimport dev_t, ino_t
 from posix.unistd cimport close, read, unlink

@@ -11,7 +11,9 @@
 #    a descriptor through which the record may hold or be acquiring a kernel
 #    lock is never closed. A second descriptor of the inode, opened through
 #    another name, is closed at once under OFD locks and parked until the
-#    record dies under classic POSIX locks, which any close() would drop.
+#    record dies under classic POSIX locks, which any close() would drop; for
+#    the same reason a POSIX record stays its inode's record until it dies,
+#    even dead.
 # 2. Every field marked (mu) changes only with mu held, and nothing decided
 #    before mu was let go is acted on after it is taken again without being
 #    checked again. mu is taken without holding the GIL while blocked
@@ -117,6 +119,13 @@ cdef inline void lw_timer_kick(timer_t timer) noexcept nogil:
     timer_settime(timer, 0, &its, NULL)
 
 
+# Sleep for seconds (a signal cuts it short).
+cdef inline void lw_pause(double seconds) noexcept nogil:
+    cdef timespec ts
+    lw_timespec(seconds, &ts)
+    nanosleep(&ts, NULL)
+
+
 cdef inline void lw_timer_disarm(timer_t timer) noexcept nogil:
     cdef itimerspec its
     memset(&its, 0, sizeof(its))
@@ -172,12 +181,15 @@ cdef inline void _table_name(_LockFile rec, str path) noexcept:
     rec.names.append(path)      # a resize allocates no tracked object
 
 
-# Forget that path leads to rec (it no longer does, or rec is dead).
+# Forget that path leads to rec (it no longer does, or rec is dead), and a dead
+# OFD record's inode (a POSIX one stays the inode's until it dies: see
+# _record_open).
 cdef void _table_forget(str path, _LockFile rec) noexcept:
     lw_lock(&lw_table_mu)
     if _by_path.get(path) is rec.wref:
         del _by_path[path]
-    if lw_load_i(&rec.dead) and _by_inode.get(rec.ikey) is rec.wref:
+    if lw_load_i(&rec.dead) and not lw_load_i(&rec.posix) \
+            and _by_inode.get(rec.ikey) is rec.wref:
         del _by_inode[rec.ikey]
     lw_mutex_unlock(&lw_table_mu)
 
@@ -226,8 +238,13 @@ cdef _LockFile _record_open(str lockfile, bytes bpath, bint create, int create_m
     ref = _by_inode.get(fresh.ikey)
     if ref is not None:
         found = ref()
+    # A dead record is replaced, but under POSIX locks never while it lives: there
+    # any close() of the inode drops every lock the process has on it, so one
+    # record owns all of its descriptors. (Such a record died because its inode
+    # lost its last name; an open that raced with the unlink finds LW_DEAD there
+    # and looks again.)
     reuse = found is not None and found.generation == lw_fork_generation \
-        and not lw_load_i(&found.dead)
+        and (not lw_load_i(&found.dead) or lw_load_i(&found.posix))
     if not reuse:
         _by_inode[fresh.ikey] = fresh.wref
     _table_name(found if reuse else fresh, lockfile)
@@ -293,15 +310,16 @@ cdef class _LockFile:
 
     def __dealloc__(self):
         # Nothing holds it: a holder keeps its record alive through its FileLock.
+        # Under POSIX locks no other record of the inode lives (see _record_open).
         cdef int fd
-        if self.fd >= 0:
-            close(self.fd)
-        for fd in self.parked:
-            close(fd)
         if self.generation == lw_fork_generation:
             _table_drop(self)
             if self.watch is not None:
                 lw_watch_unuse(self.watch)
+        if self.fd >= 0:
+            close(self.fd)
+        for fd in self.parked:
+            close(fd)
 
     @property
     def lock_kind(self):
@@ -660,6 +678,7 @@ cdef class _LockFile:
         cdef itimerspec its
         cdef sigset_t wake_set, old_mask
         cdef bint armed = False, kicked
+        cdef double backoff = 0.001
         if not signo:
             signo = wake_signal()
         err = lw_thread_timer(signo, &timer)
@@ -690,6 +709,14 @@ cdef class _LockFile:
                     if lw_perturb_on:
                         lw_perturb_pause()
                     err = lw_setlk(fd, cmd, ltype)
+                    if err == EDEADLOCK and self.posix:
+                        # POSIX locks are the process's, so the kernel sees a cycle
+                        # whenever another thread here holds what the holder
+                        # awaits: it may well end. Try again shortly (the timer
+                        # still interrupts the pause).
+                        lw_pause(backoff)
+                        backoff = backoff * 2 if backoff < 0.032 else backoff
+                        err = EINTR
                 if err == 0:
                     return LW_GRANTED
                 if err != EINTR:
@@ -949,30 +976,14 @@ cdef class _LockFile:
 
 
 # A dying record leaves the tables (its weak references are dead already).
-# Under POSIX locks its descriptors must outlive it if another record has
-# the inode open: they go to that record's parked list.
 cdef void _table_drop(_LockFile rec) noexcept:
-    cdef object ref
-    cdef _LockFile heir = None
     lw_lock(&lw_table_mu)
     if _by_inode.get(rec.ikey) is rec.wref:
         del _by_inode[rec.ikey]
-    else:
-        ref = _by_inode.get(rec.ikey)
-        if ref is not None:
-            heir = ref()
     for name in rec.names:
         if _by_path.get(name) is rec.wref:
             del _by_path[name]
     lw_mutex_unlock(&lw_table_mu)
-    if heir is not None and rec.posix:
-        if rec.fd >= 0:
-            rec.parked.append(rec.fd)
-            rec.fd = -1
-        lw_lock(&heir.mu)
-        heir.parked.extend(rec.parked)
-        lw_mutex_unlock(&heir.mu)
-        rec.parked = []
 
 
 def _after_fork_in_child():
