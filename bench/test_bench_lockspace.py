@@ -34,7 +34,7 @@ import pytest
 import latchwire
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare import ASKER, HOLDER, descriptors_for, kernel_lock_attempt, refused
+from part_lockspace import ASKER, HOLDER, descriptors_for, kernel_lock_attempt, refused
 
 F_OFD_SETLK = getattr(fcntl, "F_OFD_SETLK", 37)
 WRLCK = struct.pack("hhqqi", fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0)
