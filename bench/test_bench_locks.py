@@ -23,7 +23,7 @@ import pytest
 import latchwire
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare import RWL_VARIANTS  # as compare.py does
+from part_locks import RWL_VARIANTS  # as compare.py rwlock does
 
 Benchmark = Callable[[Callable[[], object]], object]
 Op = Callable[[], object]

@@ -20,7 +20,6 @@ from __future__ import annotations
 import fcntl
 import itertools
 import os
-import struct
 import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -34,12 +33,17 @@ import pytest
 import latchwire
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare import ASKER, HOLDER, descriptors_for, kernel_lock_attempt, refused
+from measure import F_OFD_SETLK, UNLCK, WRLCK
+from part_lockspace import (
+    ASKER,
+    HOLDER,
+    LOCKSPACE_COUNTS,
+    descriptors_for,
+    kernel_lock_attempt,
+    refused,
+)
 
-F_OFD_SETLK = getattr(fcntl, "F_OFD_SETLK", 37)
-WRLCK = struct.pack("hhqqi", fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0)
-UNLCK = struct.pack("hhqqi", fcntl.F_UNLCK, os.SEEK_SET, 0, 0, 0)
-COUNTS = (100, 100_000)
+COUNTS = LOCKSPACE_COUNTS  # names cycled through, as compare.py lockspace does
 
 T = TypeVar("T")
 

@@ -9,8 +9,8 @@ attribute. The floor is a plain Python netlink socket made in the namespace
 (a libc ``setns()`` hop around ``socket()``: ``os.setns()`` is Python 3.12+)
 that sends the same request and loops ``recv_into`` a preallocated 64 KiB
 bytearray, walking every message header up to NLMSG_DONE: nothing written in
-Python can do less. Both dumps are ``bench/compare.py``'s. For figures to
-quote, interleaved, with pyroute2 and at other route counts, use
+Python can do less. Both dumps are the ``dump`` part's (``bench/part_netlink.py``).
+For figures to quote, interleaved, with pyroute2 and at other route counts, use
 ``bench/compare.py dump``.
 """
 
@@ -29,17 +29,10 @@ from latchwire import netlink
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "helpers"))
-from compare import (  # as compare.py does
-    NLMSG_HDRLEN,
-    RTMSG_INET,
-    Counted,
-    bench_netns,
-    latchwire_dump,
-    load_routes,
-    socket_in_netns,
-    walk_floor,
-)
-from lwtest import need
+from lwtest import need  # the rest: as compare.py dump does
+from measure_dumps import NLMSG_HDRLEN, RTMSG_INET, Counted
+from netns_setup import bench_netns, load_routes, socket_in_netns
+from part_netlink import latchwire_dump, walk_floor
 
 ROUTES = 10_000
 
@@ -54,7 +47,7 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def netns(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A namespace with a veth pair up and ROUTES routes through it (compare.py's setup)."""
+    """A namespace with a veth pair up and ROUTES routes through it (the dump part's setup)."""
     need(os.geteuid() == 0, "needs root: makes a network namespace")
     need(shutil.which("ip") is not None, "needs iproute2's `ip` command")
     with bench_netns() as name:

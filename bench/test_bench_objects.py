@@ -9,7 +9,7 @@ the object it is handed back; the floor is a dict lookup and a
 does. A change round adds one of 1,000 more objects (handed back locked),
 unlocks it and removes it again; its floor makes and drops the same two index
 entries (uuid, name) in dicts as large under a ``threading.Lock``. The lists
-and the operations are ``bench/compare.py``'s. pytest-benchmark runs the tests
+and the operations are ``bench/part_objects.py``'s. pytest-benchmark runs the tests
 one after another; for figures to quote, with the contenders interleaved and
 the ratios worked out, use ``bench/compare.py objects``.
 """
@@ -28,7 +28,7 @@ import pytest
 import latchwire
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare import (  # as compare.py does
+from part_objects import (  # as compare.py objects does
     OBJECT_COUNTS,
     add_remove,
     dict_and_lock,

@@ -2,7 +2,7 @@
 
 Run with ``python -m pytest bench/test_bench_rtnl.py -q --benchmark-only`` as
 root (``ip`` from iproute2 needed). Two network namespaces of the module's own
-are made with ``bench/compare.py``'s helpers and deleted afterwards: one with
+are made with ``bench/netns_setup.py``'s helpers and deleted afterwards: one with
 10,000 IPv4 routes (10.0.X.Y/32 dev veth0 in table 100, the main table empty,
 one ``ip -batch``), one with 1,000 veth pairs (2,003 links with lo and the
 namespace's own pair). latchwire calls ``Route.routes(table=100)`` (also with
@@ -31,20 +31,10 @@ from latchwire import rtnl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "helpers"))
-from compare import (  # as compare.py does
-    BASE_LINKS,
-    LINKS_REQUEST,
-    ROUTES_REQUEST,
-    RTNL_TABLE,
-    VETH_PAIRS,
-    Counted,
-    bench_netns,
-    load_routes,
-    load_veths,
-    recv_floor,
-    rtnl_floor_socket,
-)
-from lwtest import need
+from lwtest import need  # the rest: as compare.py routes links does
+from measure_dumps import Counted, recv_floor
+from netns_setup import BASE_LINKS, bench_netns, load_routes, load_veths
+from part_rtnl import LINKS_REQUEST, ROUTES_REQUEST, RTNL_TABLE, VETH_PAIRS, rtnl_floor_socket
 
 ROUTES = 10_000
 LINKS = 2 * VETH_PAIRS + BASE_LINKS
@@ -66,7 +56,7 @@ def need_netns() -> None:
 
 @pytest.fixture(scope="module")
 def routes_netns(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A namespace with ROUTES routes in table RTNL_TABLE (compare.py's setup)."""
+    """A namespace with ROUTES routes in table RTNL_TABLE (the routes part's setup)."""
     need_netns()
     with bench_netns() as name:
         load_routes(name, 0, ROUTES, tmp_path_factory.mktemp("routes"), RTNL_TABLE)
@@ -75,7 +65,7 @@ def routes_netns(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def links_netns(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A namespace with VETH_PAIRS veth pairs beside its own (compare.py's setup)."""
+    """A namespace with VETH_PAIRS veth pairs beside its own (the links part's setup)."""
     need_netns()
     with bench_netns() as name:
         load_veths(name, VETH_PAIRS, tmp_path_factory.mktemp("links"))
@@ -83,7 +73,7 @@ def links_netns(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 def floor_dump(benchmark: Benchmark[Counted], netns: str, request: bytes) -> Counted:
-    """Benchmark compare.py's recv_into floor for request in netns; what the last dump brought."""
+    """Benchmark the rtnl parts' recv_into floor for request in netns; the last dump's count."""
     with ExitStack() as stack:
         return benchmark(recv_floor(rtnl_floor_socket(netns, stack), request))
 

@@ -3,7 +3,8 @@
 - Imports run one way: no cycle among latchwire's modules (every import counts, at
   module level, inside a function or under TYPE_CHECKING: each is a dependency).
 - The compiled core imports nothing from the package but ``errors``.
-- No module grows past about 800 lines outside the compiled core.
+- No module grows past about 800 lines outside the compiled core, in the package or in
+  bench/ (the runner, its measuring helpers, one module per part, the suites).
 - Every public name stays importable from where it used to be.
 """
 
@@ -20,6 +21,7 @@ import latchwire
 
 PACKAGE = Path(latchwire.__file__).resolve().parent
 SOURCES = Path(__file__).resolve().parents[1] / "src" / "latchwire"
+BENCH = Path(__file__).resolve().parents[1] / "bench"
 MAX_LINES = 800
 
 
@@ -103,6 +105,14 @@ def test_core_imports_only_errors() -> None:
 
 def test_no_module_over_800_lines() -> None:
     too_long = {name: n for name, path in _modules().items()
+                if (n := len(path.read_text().splitlines())) > MAX_LINES}
+    assert too_long == {}, too_long
+
+
+def test_no_bench_module_over_800_lines() -> None:
+    modules = sorted(BENCH.glob("*.py"))
+    assert BENCH / "compare.py" in modules, f"the benchmarks were not found in {BENCH}"
+    too_long = {path.name: n for path in modules
                 if (n := len(path.read_text().splitlines())) > MAX_LINES}
     assert too_long == {}, too_long
 
