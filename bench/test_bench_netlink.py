@@ -29,7 +29,7 @@ from latchwire import netlink
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "helpers"))
-from lwtest import need  # the rest: as compare.py dump does
+from lwtest import need
 from measure_dumps import NLMSG_HDRLEN, RTMSG_INET, Counted
 from netns_setup import bench_netns, load_routes, socket_in_netns
 from part_netlink import latchwire_dump, walk_floor

@@ -31,7 +31,7 @@ from latchwire import rtnl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "helpers"))
-from lwtest import need  # the rest: as compare.py routes links does
+from lwtest import need
 from measure_dumps import Counted, recv_floor
 from netns_setup import BASE_LINKS, bench_netns, load_routes, load_veths
 from part_rtnl import LINKS_REQUEST, ROUTES_REQUEST, RTNL_TABLE, VETH_PAIRS, rtnl_floor_socket

@@ -1,6 +1,7 @@
 """Shared test policy and fixtures.
 
-The helpers the test files share are in ``tests/helpers/lwtest.py``; this file
+The helpers the test files share are in ``tests/helpers/`` (one module a concern,
+listed in ``lwtest.py``'s docstring); this file
 puts that directory at the front of ``sys.path`` so that ``from lwtest import``
 works however pytest is started (``--import-mode=importlib``, no packages), and
 has pytest rewrite lwtest's asserts as it does the tests' own.
@@ -23,9 +24,12 @@ import pytest
 HELPERS = str(Path(__file__).resolve().parent / "helpers")
 if HELPERS not in sys.path:
     sys.path.insert(0, HELPERS)
-pytest.register_assert_rewrite("lwtest")
+pytest.register_assert_rewrite("lwtest", "lwagent", "lwfcntl", "lwthreads", "lwlocks", "lwnetns",
+                               "witness")
 
-from lwtest import GUARD, Agent, OtherProcess, need  # noqa: E402
+from lwagent import Agent  # noqa: E402
+from lwfcntl import OtherProcess  # noqa: E402
+from lwtest import GUARD, need  # noqa: E402
 
 from latchwire import _core, lockorder  # noqa: E402
 

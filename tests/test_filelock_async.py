@@ -18,8 +18,9 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from lwtest import BOUND, OtherProcess, kernel_waiters, new_lock
-from lwtest import fcntl_probe as probe
+from lwfcntl import OtherProcess, kernel_waiters
+from lwfcntl import fcntl_probe as probe
+from lwtest import BOUND, new_lock
 
 from latchwire import FileLock, LockTimeout
 

@@ -3,7 +3,7 @@
 The other parties are separate processes: children forked with
 multiprocessing's "fork" context (module-level helpers below) for the fork
 tests and the many-process loads, and fresh interpreters running
-``tests/helpers/lock_agent.py`` (``lwtest.Agent``) where the process must
+``tests/helpers/lock_agent.py`` (``lwagent.Agent``) where the process must
 inherit nothing, or must import latchwire with ``LATCHWIRE_LOCKS=posix``.
 Processes meet through pipes, never through sleeps, and every wait is bounded
 by WAIT so that a bug fails the test instead of hanging it. Where a test must
@@ -32,7 +32,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from lwtest import WAIT, Agent, join_all, wait_in_kernel
+from lwagent import Agent
+from lwfcntl import wait_in_kernel
+from lwtest import WAIT, join_all
 
 from latchwire import FileLock, Holder, LockBusy, LockTimeout, _core
 from latchwire.locking import file_holders

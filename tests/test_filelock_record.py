@@ -22,8 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from lwtest import BOUND, Agent, OtherProcess, Worker, need, new_lock, wait_in_futex
-from lwtest import fcntl_probe as probe
+from lwagent import Agent
+from lwfcntl import OtherProcess
+from lwfcntl import fcntl_probe as probe
+from lwtest import BOUND, need, new_lock
+from lwthreads import Worker, wait_in_futex
 
 import latchwire
 from latchwire import FileLock, LockBusy, LockCancelled, LockSpace, LockTimeout

@@ -33,20 +33,11 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from lwtest import (
-    BOUND,
-    WATCHDOG,
-    OtherProcess,
-    Worker,
-    assert_on_time,
-    in_futex_wait,
-    kernel_waiters,
-    new_lock,
-    poll_until,
-    wait_in_futex,
-    wait_in_kernel,
-)
-from lwtest import fcntl_probe as probe
+from lwfcntl import OtherProcess, kernel_waiters, wait_in_kernel
+from lwfcntl import fcntl_probe as probe
+from lwlocks import assert_on_time
+from lwtest import BOUND, WATCHDOG, new_lock
+from lwthreads import Worker, in_futex_wait, poll_until, wait_in_futex
 
 import latchwire
 from latchwire import FileLock, LockBusy, LockCancelled, LockTimeout

@@ -22,6 +22,7 @@ import latchwire
 PACKAGE = Path(latchwire.__file__).resolve().parent
 SOURCES = Path(__file__).resolve().parents[1] / "src" / "latchwire"
 BENCH = Path(__file__).resolve().parents[1] / "bench"
+HELPERS = Path(__file__).resolve().parent / "helpers"
 MAX_LINES = 800
 
 
@@ -109,9 +110,12 @@ def test_no_module_over_800_lines() -> None:
     assert too_long == {}, too_long
 
 
-def test_no_bench_module_over_800_lines() -> None:
-    modules = sorted(BENCH.glob("*.py"))
-    assert BENCH / "compare.py" in modules, f"the benchmarks were not found in {BENCH}"
+@pytest.mark.parametrize(("directory", "landmark"), [(BENCH, "compare.py"),
+                                                    (HELPERS, "lwtest.py")],
+                         ids=["bench", "test helpers"])
+def test_no_bench_or_helper_module_over_800_lines(directory: Path, landmark: str) -> None:
+    modules = sorted(directory.glob("*.py"))
+    assert directory / landmark in modules, f"{landmark} was not found in {directory}"
     too_long = {path.name: n for path in modules
                 if (n := len(path.read_text().splitlines())) > MAX_LINES}
     assert too_long == {}, too_long

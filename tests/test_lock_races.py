@@ -53,7 +53,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from lwtest import GUARD, REQUIRE_KERNEL, Prober
+from lwfcntl import Prober
+from lwtest import GUARD, REQUIRE_KERNEL
 from slowopen import SlowOpens
 from storm_worker import LONG, WorkerPool, attempt, churn
 from witness import Report, Witness, check

@@ -22,7 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from lwtest import BOUND, Worker, here, pairs, poll_until, site
+from lwlocks import pairs
+from lwtest import BOUND, here, site
+from lwthreads import Worker, poll_until
 
 from latchwire import FileLock, LockOrderError, LockSpace, Mutex, RWLock, lockorder
 

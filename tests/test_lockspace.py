@@ -31,17 +31,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from lwtest import (
-    WAIT,
-    Agent,
-    Worker,
-    child_env,
-    join_all,
-    need,
-    run_cli,
-    wait_in_futex,
-    wait_in_kernel,
-)
+from lwagent import Agent
+from lwfcntl import wait_in_kernel
+from lwtest import WAIT, child_env, join_all, need, run_cli
+from lwthreads import Worker, wait_in_futex
 
 import latchwire
 from latchwire import (

@@ -31,23 +31,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from lwtest import (
-    BOUND,
-    GUARD,
-    Interrupted,
-    Interrupter,
-    Witness,
-    Worker,
+from lwlocks import (
     assert_at_once,
     assert_timely_as_reference,
     assert_woken_as_reference,
-    here,
-    interrupted_in_main,
-    site,
     timed_out_waits,
-    wait_until_blocked,
     wake_latency,
 )
+from lwtest import BOUND, GUARD, here, site
+from lwthreads import Interrupted, Interrupter, Worker, interrupted_in_main, wait_until_blocked
+from witness import MemoryWitness
 
 import latchwire
 from latchwire import Mutex
@@ -506,7 +499,7 @@ def test_timed_out_acquire_is_on_time() -> None:
 STRESS_SECONDS = 1.5
 
 
-def mutex_section(m: Mutex, index: int, witness: Witness, counters: list[int],
+def mutex_section(m: Mutex, index: int, witness: MemoryWitness, counters: list[int],
                   rng: random.Random) -> None:
     """A critical section of lock index: recorded in the witness, the holder checked, its
     counter bumped by a read, a pause and a write (a lost update if two were inside)."""
@@ -538,7 +531,7 @@ def test_adversarial_mutexes() -> None:
     and every lock ends free and usable."""
     locks = [Mutex(f"stress-{i}") for i in range(3)]
     counters = [0] * len(locks)
-    witness = Witness()
+    witness = MemoryWitness()
     stop = threading.Event()
     start = threading.Barrier(8)
 
@@ -611,7 +604,7 @@ def test_adversarial_mutex_handoffs_under_timeouts() -> None:
     on; if a waiter that gives up swallowed it, the untimed waiter would sleep on with
     the lock free, and the episode's closing barrier would break. 150 episodes."""
     m = Mutex("handoffs")
-    witness = Witness()
+    witness = MemoryWitness()
     counters = [0]
     episodes, waiters = 300, 7
     begin = threading.Barrier(waiters + 1)

@@ -43,7 +43,8 @@ from typing import Any
 
 import pytest
 from lwnetns import IP, Churn, Netns, drop_netns, host_links, make_netns
-from lwtest import BOUND, WAIT, Worker, busy_thread, need, wait_in_poll
+from lwtest import BOUND, WAIT, need
+from lwthreads import Worker, busy_thread, wait_in_poll
 
 import latchwire
 from latchwire import netlink

@@ -32,7 +32,9 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from lwtest import BOUND, GUARD, Worker, in_futex_wait, pairs, poll_until, wait_in_futex
+from lwlocks import pairs
+from lwtest import BOUND, GUARD
+from lwthreads import Worker, in_futex_wait, poll_until, wait_in_futex
 
 from latchwire import Lockable, LockOrderError, Mutex, ObjectList, lockorder
 

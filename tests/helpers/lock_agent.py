@@ -139,7 +139,7 @@ def main() -> None:
 
 
 def serve(op_named: Callable[[str], Callable[..., Any]]) -> None:
-    """Answer lwtest.Agent's commands (one JSON object a line: "op" and its
+    """Answer lwagent.Agent's commands (one JSON object a line: "op" and its
     arguments) until stdin closes: the result or the error, with the times the
     call began and ended."""
     while line := sys.stdin.buffer.readline():

@@ -21,7 +21,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from lwtest import WAIT, Worker, need
+from lwtest import WAIT, need
+from lwthreads import Worker
 
 IP = shutil.which("ip")
 RT_TABLE_MAIN = 254

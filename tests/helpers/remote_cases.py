@@ -23,7 +23,8 @@ from typing import Any
 
 import pytest
 from coord import Link, RemoteAgent, Server, free_port
-from lwtest import WAIT, Worker, need, poll_until
+from lwtest import WAIT, need
+from lwthreads import Worker, poll_until
 
 from latchwire import Lease, LockBusy, LockCancelled, LockSpace, LockTimeout
 from latchwire.lockspace.remote import RemoteLease, RemoteLockSpace, State

@@ -261,7 +261,7 @@ class WorkerPool:
 
     def __init__(self, directory: Path, lockfile: str, stderr_path: Path, *,
                  posix: bool = False) -> None:
-        from lwtest import child_env  # here: the server itself need not import the test helpers
+        from lwtest import child_env
 
         env = child_env()
         if posix:

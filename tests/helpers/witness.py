@@ -65,6 +65,7 @@ import itertools
 import os
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -482,3 +483,66 @@ def _check_counter(directory: Path, resource: str, sections: list[Entry], report
                                          f"{entry.after} while {entry} held it shared")
         if entry.shared and entry.exited is None and entry.cut:
             report.cut += 1
+
+
+class MemoryWitness:
+    """In-process witness: entries to and exits from the critical sections of several
+    locks, checked for overlaps.
+
+    For the thread locks (Mutex, RWLock): every event is one ``list.append`` with no
+    I/O, so the locks' own timing, not the log's, decides the interleavings; the
+    file-based ``Witness`` above serves processes and file locks.
+
+    Each thread calls ``enter(lock, mode)`` right after its acquire returned and
+    ``exit(lock, mode)`` right before it releases (mode "x", exclusive, or "s", shared),
+    ``downgrade(lock)`` right before it turns an exclusive hold into a shared one (which
+    it then exits as "s"). Every event is
+    one ``list.append`` (atomic), so the log's order is the order in which they happened
+    and, if the locks exclude as they promise, ``check()`` replaying it never sees an
+    exclusive holder beside anyone else.
+    """
+
+    def __init__(self) -> None:
+        self.log: list[tuple[int, str, int]] = []
+
+    def enter(self, lock: int, mode: str) -> None:
+        self.log.append((lock, "enter " + mode, threading.get_ident()))
+
+    def exit(self, lock: int, mode: str) -> None:
+        self.log.append((lock, "exit " + mode, threading.get_ident()))
+
+    def downgrade(self, lock: int) -> None:
+        self.log.append((lock, "downgrade", threading.get_ident()))
+
+    def check(self) -> int:
+        """Replay the log; fail at the first overlap. How many sections it saw."""
+        writer: dict[int, int] = {}
+        readers: dict[int, Counter[int]] = {}
+        sections = 0
+        for n, (lock, event, thread) in enumerate(self.log):
+            inside = readers.setdefault(lock, Counter())
+            where = f"event {n} of {len(self.log)}: thread {thread} {event} lock {lock}"
+            if event == "enter x":
+                assert lock not in writer and not inside, \
+                    f"{where} while writer {writer.get(lock)} and readers {dict(inside)} hold it"
+                writer[lock] = thread
+                sections += 1
+            elif event == "enter s":
+                assert lock not in writer, f"{where} while {writer[lock]} writes"
+                inside[thread] += 1
+                sections += 1
+            elif event == "downgrade":
+                assert writer.get(lock) == thread and not inside, \
+                    f"{where} while writer {writer.get(lock)} and readers {dict(inside)} hold it"
+                del writer[lock]
+                inside[thread] += 1
+            elif event == "exit x":
+                assert writer.get(lock) == thread, f"{where}, held by {writer.get(lock)}"
+                del writer[lock]
+            else:
+                assert inside[thread] > 0, f"{where} without a read hold"
+                inside[thread] -= 1
+                if not inside[thread]:
+                    del inside[thread]
+        assert not writer and not any(readers.values()), f"still inside: {writer} {readers}"
+        return sections
