@@ -18,16 +18,11 @@ medians, within bounds a loaded 2-CPU machine does not reach but a regression do
 from __future__ import annotations
 
 import gc
-import os
 import random
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 import weakref
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -38,7 +33,7 @@ from lwlocks import (
     timed_out_waits,
     wake_latency,
 )
-from lwtest import BOUND, GUARD, here, site
+from lwtest import BOUND, here, site
 from lwthreads import Interrupted, Interrupter, Worker, interrupted_in_main, wait_until_blocked
 from witness import MemoryWitness
 
@@ -637,19 +632,6 @@ def test_adversarial_mutex_handoffs_under_timeouts() -> None:
     assert counters == [witness.check()]
     assert timed_out > 0, "no waiter ever timed out: the test proved nothing"
     assert not m.locked()
-
-
-@pytest.mark.skipif(latchwire._core.perturbing(), reason="perturbation is on: run above")
-def test_adversarial_under_perturbation() -> None:
-    """The adversarial tests again, in a fresh interpreter with LATCHWIRE_PERTURB=1 (the
-    core pauses between each check and the act depending on it, and around GIL releases)."""
-    env = {**os.environ, "LATCHWIRE_PERTURB": "1"}
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider",
-         "-k", "adversarial", "--basetemp", str(Path(tempfile.mkdtemp()) / "t")],
-        capture_output=True, text=True, env=env, timeout=GUARD, check=False)
-    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-2000:]
-    assert " passed" in result.stdout and "skipped" in result.stdout, result.stdout[-2000:]
 
 
 # ---------------------------------------------------------------------------

@@ -14,14 +14,10 @@ from __future__ import annotations
 import gc
 import os
 import random
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -32,7 +28,7 @@ from lwlocks import (
     timed_out_waits,
     wake_latency,
 )
-from lwtest import BOUND, GUARD, here, site
+from lwtest import BOUND, here, site
 from lwthreads import (
     Interrupted,
     Interrupter,
@@ -43,7 +39,6 @@ from lwthreads import (
 )
 from witness import MemoryWitness
 
-import latchwire
 from latchwire import LockOrderError, RWLock
 
 pytestmark = pytest.mark.usefixtures("watchdog")
@@ -912,16 +907,3 @@ def test_adversarial_rwlocks() -> None:
         rw.release_write()
         assert rw.acquire_read(blocking=False), "a reader is held back by a writer gone"
         rw.release_read()
-
-
-@pytest.mark.skipif(latchwire._core.perturbing(), reason="perturbation is on: run above")
-def test_adversarial_under_perturbation() -> None:
-    """The adversarial test again, in a fresh interpreter with LATCHWIRE_PERTURB=1 (the
-    core pauses between each check and the act depending on it, and around GIL releases)."""
-    env = {**os.environ, "LATCHWIRE_PERTURB": "1"}
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider",
-         "-k", "adversarial", "--basetemp", str(Path(tempfile.mkdtemp()) / "t")],
-        capture_output=True, text=True, env=env, timeout=GUARD, check=False)
-    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-2000:]
-    assert " passed" in result.stdout and "skipped" in result.stdout, result.stdout[-2000:]
