@@ -56,7 +56,7 @@ from latchwire._linux cimport (F_OFD_SETLK, F_OFD_SETLKW, FIONREAD, IN_ATTRIB, I
                                inotify_init1, inotify_rm_watch, ioctl, lw_futex_wait,
                                lw_futex_wake, lw_gettid, lw_sigev_to_thread, lw_thread_serial,
                                lw_thread_timer, lw_thread_timer_forget)
-from latchwire._sync cimport (lw_add_i, lw_cas_i, lw_cas_ul, lw_futex_wake_n, lw_inc_u, lw_load_i,
+from latchwire._sync cimport (lw_cas_i, lw_futex_wake_n, lw_inc_u, lw_load_i,
                               lw_load_u, lw_load_ul, lw_mutex, lw_mutex_lock, lw_mutex_reset,
                               lw_mutex_trylock, lw_mutex_unlock, lw_perturb_on,
                               lw_perturb_pause, lw_store_i, lw_store_u, lw_store_ul)

@@ -31,7 +31,6 @@ cdef extern from *  nogil:
     #define lw_load_ul(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
     #define lw_store_ul(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
     #define lw_inc_u(p) __atomic_add_fetch((p), 1u, __ATOMIC_SEQ_CST)
-    #define lw_add_i(p, v) __atomic_add_fetch((p), (v), __ATOMIC_SEQ_CST)
 
     /* 1 if *p was expected and is now desired, else 0 (*p unchanged). */
     static inline int lw_cas_i(int *p, int expected, int desired)
@@ -40,12 +39,6 @@ cdef extern from *  nogil:
                                            __ATOMIC_ACQUIRE, __ATOMIC_RELAXED);
     }
 
-    static inline int lw_cas_ul(unsigned long *p, unsigned long expected,
-                                unsigned long desired)
-    {
-        return __atomic_compare_exchange_n(p, &expected, desired, 0,
-                                           __ATOMIC_ACQUIRE, __ATOMIC_RELAXED);
-    }
 
     /* A mutex on one futex word (Drepper's three states: 0 free, 1 locked,
      * 2 locked and maybe waited for). Not recursive, no owner; 4 bytes, no
@@ -129,9 +122,7 @@ cdef extern from *  nogil:
     unsigned long lw_load_ul(const unsigned long *p)
     void lw_store_ul(unsigned long *p, unsigned long v)
     unsigned int lw_inc_u(unsigned int *p)
-    int lw_add_i(int *p, int v)
     bint lw_cas_i(int *p, int expected, int desired)
-    bint lw_cas_ul(unsigned long *p, unsigned long expected, unsigned long desired)
 
     ctypedef struct lw_mutex:
         unsigned int word
