@@ -41,4 +41,4 @@ __all__ = [
     "rtnl",
     "wake_signal",
 ]
-__version__ = "0.1.0"
+__version__ = "0.2.0"
