@@ -31,13 +31,16 @@ cdef class FileLock:
     is kept alive until released.
 
     Kernel open-file-description locks are used (classic POSIX locks on kernels
-    without them). After every grant the path is known to name the inode
-    locked (an inotify watch of the file and its directories says when it
-    must be walked again); a lock found on an unlinked, replaced or moved file
-    is dropped and taken again on the file now at the path. ``verify()``
-    walks the path; if the file is gone it drops the hold as *lost*:
-    ``locked`` turns False, ``lost`` True, and ``release()`` (or leaving a
-    ``with`` block) then succeeds quietly.
+    without them, or with LATCHWIRE_LOCKS=posix). A grant from the kernel is
+    kept only if the path still names the inode locked: the path is walked
+    (``lstat``) unless the record's inotify watch of the file and its
+    directories vouches, with one FIONREAD, that nothing moved since the last
+    walk (the watch is set up at the record's second grant and vouches from
+    the third). A lock found on an unlinked, replaced or moved file is dropped
+    and taken again on the file now at the path. ``verify()`` walks the path;
+    if the file is gone it drops the hold as *lost*: ``locked`` turns False,
+    ``lost`` True, and ``release()`` (or leaving a ``with`` block) then
+    succeeds quietly.
     """
     cdef readonly str path
     cdef readonly str lockfile
