@@ -41,6 +41,13 @@ cdef class FileLock:
     if the file is gone it drops the hold as *lost*: ``locked`` turns False,
     ``lost`` True, and ``release()`` (or leaving a ``with`` block) then
     succeeds quietly.
+
+    The kernel serves waiters in no particular order, grants shared locks
+    while another process waits for an exclusive one, and detects no cycle of
+    waits across processes (under POSIX locks latchwire retries a wait refused
+    with EDEADLK): give waits a timeout. The record's descriptor is closed when
+    the last FileLock referring to it goes, which drops any classic POSIX lock
+    (fcntl.lockf) this process holds on the file.
     """
     cdef readonly str path
     cdef readonly str lockfile
