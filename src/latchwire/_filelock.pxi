@@ -41,13 +41,23 @@ cdef class FileLock:
     is kept alive until released.
 
     Kernel open-file-description locks are used (classic POSIX locks on kernels
-    without them). After every grant the path is known to name the inode
-    locked (an inotify watch of the file and its directories says when it
-    must be walked again); a lock found on an unlinked, replaced or moved file
-    is dropped and taken again on the file now at the path. ``verify()``
-    walks the path; if the file is gone it drops the hold as *lost*:
-    ``locked`` turns False, ``lost`` True, and ``release()`` (or leaving a
-    ``with`` block) then succeeds quietly.
+    without them, or with LATCHWIRE_LOCKS=posix). A grant from the kernel is
+    kept only if the path still names the inode locked: the path is walked
+    (``lstat``) unless the record's inotify watch of the file and its
+    directories vouches, with one FIONREAD, that nothing moved since the last
+    walk (the watch is set up at the record's second grant and vouches from
+    the third). A lock found on an unlinked, replaced or moved file is dropped
+    and taken again on the file now at the path. ``verify()`` walks the path;
+    if the file is gone it drops the hold as *lost*: ``locked`` turns False,
+    ``lost`` True, and ``release()`` (or leaving a ``with`` block) then
+    succeeds quietly.
+
+    The kernel serves waiters in no particular order, grants shared locks
+    while another process waits for an exclusive one, and detects no cycle of
+    waits across processes (under POSIX locks latchwire retries a wait refused
+    with EDEADLK): give waits a timeout. The record's descriptor is closed when
+    the last FileLock referring to it goes, which drops any classic POSIX lock
+    (fcntl.lockf) this process holds on the file.
     """
     cdef readonly str path
     cdef readonly str lockfile
