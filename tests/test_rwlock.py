@@ -878,7 +878,8 @@ def test_adversarial_rwlocks() -> None:
             except Interrupted:
                 interrupted += 1
                 if write:
-                    got = rw.writer is not None and rw.writer[0] == me
+                    writer = rw.writer  # read once: another thread may change it between reads
+                    got = writer is not None and writer[0] == me
                 else:
                     got = any(r[0] == me for r in rw.readers)
             if not got:

@@ -4,9 +4,9 @@ import builtins
 import os
 from collections.abc import Callable, Iterator
 from types import TracebackType
-from typing import Any, Literal, final
+from typing import Any, Literal, Self, final
 
-from typing_extensions import Self, disjoint_base
+from typing_extensions import disjoint_base
 
 def wake_signal() -> int: ...
 def check_timeout(timeout: float | None, blocking: bool = True) -> float | None: ...
