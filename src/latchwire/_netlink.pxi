@@ -142,7 +142,10 @@ cdef inline int lw_poll_ms(double deadline) noexcept nogil:
 cdef class _Channel:
     """One netlink socket: created in a namespace, connected to the kernel.
 
-    Owned by one thread at a time (the netlink.Socket using it). Every wait
+    Owned by one thread at a time (the netlink.Socket using it), and that is
+    enforced rather than assumed: a call made while another call is using the
+    channel (another thread's, or a signal handler's during a wait) raises
+    RuntimeError instead of sharing the receive buffer, on any build. Every wait
     takes a timeout checked as every latchwire wait's is (check_timeout): None,
     inf or more than about 31 years is no limit; NaN or a negative number is a
     ValueError, a non-number a TypeError.
@@ -156,6 +159,7 @@ cdef class _Channel:
     cdef readonly unsigned int pid
     cdef bytearray peekbuf     # reused receive buffer: the start of the datagram peeked
     cdef Py_ssize_t peeked     # that datagram's length, until it is taken; -1: none peeked
+    cdef int busy              # 1 while a call uses the channel (lw_cas_i; never the GIL)
 
     def __cinit__(self, int protocol, int netns_fd=-1, int rcvbuf=0, bint strict=False):
         cdef int err = 0
@@ -185,31 +189,53 @@ cdef class _Channel:
             close(self.fd)
 
     def close(self):
-        """Close the socket (idempotent)."""
+        """Close the socket (idempotent). RuntimeError while another call uses it:
+        closing a descriptor another thread waits on would hand its number to
+        the next file opened."""
+        self._enter(False)
         self.peeked = -1
         if self.fd >= 0:
             close(self.fd)
             self.fd = -1
+        self._leave()
 
-    cdef int _check_open(self) except -1:
-        if self.fd < 0:
+    # Claim the channel for one call (released by _leave, which the caller
+    # must reach on every path). RuntimeError if another call holds it;
+    # ValueError (unclaimed again) if must_be_open and the channel is closed.
+    cdef int _enter(self, bint must_be_open=True) except -1:
+        if not lw_cas_i(&self.busy, 0, 1):
+            raise RuntimeError("this netlink socket is in use by another call: a Socket "
+                               "belongs to one thread at a time (netlink.Pool hands one "
+                               "to each thread)")
+        if must_be_open and self.fd < 0:
+            lw_store_i(&self.busy, 0)
             raise ValueError("netlink channel is closed")
         return 0
 
+    cdef inline void _leave(self) noexcept:
+        lw_store_i(&self.busy, 0)
+
     def membership(self, int group, bint join):
         """Join (or leave) multicast group number group."""
-        self._check_open()
+        self._enter()
         cdef int err = lw_setsockopt_int(self.fd, SOL_NETLINK,
                                          NETLINK_ADD_MEMBERSHIP if join
                                          else NETLINK_DROP_MEMBERSHIP, group)
+        self._leave()
         if err:
             raise _oserror(err)
 
     def send(self, const unsigned char[::1] data):
         """Send one datagram to the kernel (blocking only while the socket is full)."""
-        self._check_open()
         if data.shape[0] == 0:
             raise ValueError("an empty datagram")
+        self._enter()
+        try:
+            self._send(data)
+        finally:
+            self._leave()
+
+    cdef int _send(self, const unsigned char[::1] data) except -1:
         cdef ssize_t n
         cdef int err = 0
         while True:
@@ -220,7 +246,7 @@ cdef class _Channel:
                 if n < 0:
                     err = errno
             if n >= 0:
-                return
+                return 0
             if err != EINTR:
                 raise _oserror(err)
             PyErr_CheckSignals()
@@ -230,9 +256,8 @@ cdef class _Channel:
     # NL_PEEK_BUFFER bytes in self.peekbuf, or -1 if none came. A datagram
     # peeked already and not yet taken is the answer at once. Datagrams from
     # any other sender are dropped; Overrun on ENOBUFS; a signal handler's
-    # exception ends the wait.
+    # exception ends the wait. Caller: has claimed the channel (_enter).
     cdef Py_ssize_t _peek(self, double deadline) except -2:
-        self._check_open()
         if self.peeked >= 0:
             return self.peeked
         cdef pollfd pfd
@@ -323,7 +348,13 @@ cdef class _Channel:
         """The length of the next datagram from the kernel, which stays queued
         (the next recv, discard or recv_into takes it without waiting), or None
         if none came within timeout (0: do not wait). Overrun as recv()."""
-        cdef Py_ssize_t n = self._peek(lw_deadline(timeout))
+        cdef double deadline = lw_deadline(timeout)
+        cdef Py_ssize_t n
+        self._enter()
+        try:
+            n = self._peek(deadline)
+        finally:
+            self._leave()
         return None if n < 0 else n
 
     def recv(self, timeout=None):
@@ -333,16 +364,27 @@ cdef class _Channel:
         Overrun (ENOBUFS) if the kernel had to drop messages for this socket;
         the socket stays usable. A signal handler's exception ends a wait.
         """
-        cdef Py_ssize_t n = self._peek(lw_deadline(timeout))
-        return None if n < 0 else self._take(n)
+        cdef double deadline = lw_deadline(timeout)
+        cdef Py_ssize_t n
+        self._enter()
+        try:
+            n = self._peek(deadline)
+            return None if n < 0 else self._take(n)
+        finally:
+            self._leave()
 
     def discard(self, timeout=None):
         """Drop the next datagram unread (nothing is copied); False if none came
         within timeout. Overrun as recv()."""
-        if self._peek(lw_deadline(timeout)) < 0:
-            return False
-        self._consume(NULL)
-        return True
+        cdef double deadline = lw_deadline(timeout)
+        self._enter()
+        try:
+            if self._peek(deadline) < 0:
+                return False
+            self._consume(NULL)
+            return True
+        finally:
+            self._leave()
 
     def recv_into(self, list out not None, timeout=None, seq=None, bint decode=True):
         """Receive the next datagram and append its contents to out: the
@@ -357,15 +399,21 @@ cdef class _Channel:
         """
         cdef double deadline = lw_deadline(timeout)
         cdef long long want = -1 if seq is None else <unsigned int>seq
-        cdef Py_ssize_t n = self._peek(deadline)
+        cdef Py_ssize_t n
         cdef bytes data
         cdef char *peeked = self.peekbuf
-        if n < 0:
-            return None
-        if decode and n <= NL_PEEK_BUFFER:     # records own no bytes: decode in place
-            self._consume(NULL)
-            return lw_walk(<const unsigned char *>peeked, n, None, want, self.pid, decode, out)
-        data = self._take(n)
+        self._enter()
+        try:
+            n = self._peek(deadline)
+            if n < 0:
+                return None
+            if decode and n <= NL_PEEK_BUFFER:     # records own no bytes: decode in place
+                self._consume(NULL)
+                return lw_walk(<const unsigned char *>peeked, n, None, want, self.pid, decode,
+                               out)
+            data = self._take(n)
+        finally:
+            self._leave()
         return lw_walk(<const unsigned char *>PyBytes_AS_STRING(data), n, data, want, self.pid,
                        decode, out)
 
