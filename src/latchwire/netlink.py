@@ -110,22 +110,27 @@ def _align(n: int) -> int:
 
 
 def u8(value: int) -> bytes:
+    """An unsigned 8-bit attribute value, in host byte order (struct.error if out of range)."""
     return struct.pack("=B", value)
 
 
 def u16(value: int) -> bytes:
+    """An unsigned 16-bit attribute value, in host byte order (struct.error if out of range)."""
     return struct.pack("=H", value)
 
 
 def u32(value: int) -> bytes:
+    """An unsigned 32-bit attribute value, in host byte order (struct.error if out of range)."""
     return struct.pack("=I", value)
 
 
 def u64(value: int) -> bytes:
+    """An unsigned 64-bit attribute value, in host byte order (struct.error if out of range)."""
     return struct.pack("=Q", value)
 
 
 def s32(value: int) -> bytes:
+    """A signed 32-bit attribute value, in host byte order (struct.error if out of range)."""
     return struct.pack("=i", value)
 
 
