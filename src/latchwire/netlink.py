@@ -368,6 +368,7 @@ class Socket:
         self.groups.add(group)
 
     def leave_group(self, group: int) -> None:
+        """Stop receiving multicast group number group (notifications already queued stay)."""
         self._own().membership(group, False)
         self.groups.discard(group)
 
