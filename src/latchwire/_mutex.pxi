@@ -354,7 +354,14 @@ cdef class Mutex:
                            "not by this thread")
 
     def acquire(self, bint blocking=True, timeout=-1):
-        """Take the lock: True, or False if not free without blocking or in time."""
+        """Take the lock: True, or False if not free without blocking or in time.
+
+        ``timeout`` is in seconds, as for ``threading.Lock`` (-1: no limit; a
+        timeout with ``blocking=False`` is a ValueError, None a TypeError). A wait
+        is a futex wait with the GIL released; RuntimeError at once if this thread
+        holds the lock, and with the lock-order checker on, LockOrderError before
+        waiting on an inconsistent order.
+        """
         return self._acquire(blocking, _deadline(timeout, blocking))
 
     def release(self):
@@ -947,11 +954,22 @@ cdef class RWLock:
         return 0
 
     def acquire_read(self, bint blocking=True, timeout=-1):
-        """Take a read hold: True, or False if not possible without blocking or in time."""
+        """Take a read hold: True, or False if not possible without blocking or in time.
+
+        ``timeout`` is in seconds, as for ``threading.Lock`` (-1: no limit); waits
+        with the GIL released. Writer-preferring, a thread that already reads while
+        a writer waits gets RuntimeError at once (waiting would deadlock).
+        """
         return self._acquire_read(blocking, _deadline(timeout, blocking))
 
     def acquire_write(self, bint blocking=True, timeout=-1):
-        """Take the write hold: True, or False if not possible without blocking or in time."""
+        """Take the write hold: True, or False if not possible without blocking or in time.
+
+        ``timeout`` is in seconds, as for ``threading.Lock`` (-1: no limit); waits
+        with the GIL released, keeping new readers out meanwhile (unless
+        ``prefer_writers=False``). RuntimeError at once if this thread already
+        holds the lock for writing.
+        """
         return self._acquire_write(blocking, _deadline(timeout, blocking))
 
     def release_read(self):

@@ -675,18 +675,28 @@ cdef class Attrs:
         return <const unsigned char *>PyBytes_AS_STRING(self.buf) + start
 
     def u8(self, int t):
+        """Attribute t as an unsigned 8-bit integer, in host byte order; KeyError if absent,
+        ProtocolError unless its value is exactly 1 byte."""
         return self._sized(t, 1)[0]
 
     def u16(self, int t):
+        """Attribute t as an unsigned 16-bit integer, in host byte order; KeyError if absent,
+        ProtocolError unless its value is exactly 2 bytes."""
         return rd16(self._sized(t, 2))
 
     def u32(self, int t):
+        """Attribute t as an unsigned 32-bit integer, in host byte order; KeyError if absent,
+        ProtocolError unless its value is exactly 4 bytes."""
         return rd32(self._sized(t, 4))
 
     def s32(self, int t):
+        """Attribute t as an signed 32-bit integer, in host byte order; KeyError if absent,
+        ProtocolError unless its value is exactly 4 bytes."""
         return <int32_t>rd32(self._sized(t, 4))
 
     def u64(self, int t):
+        """Attribute t as an unsigned 64-bit integer, in host byte order; KeyError if absent,
+        ProtocolError unless its value is exactly 8 bytes."""
         cdef uint64_t v
         memcpy(&v, self._sized(t, 8), 8)
         return v

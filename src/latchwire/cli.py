@@ -85,6 +85,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line with argv (default: sys.argv[1:]); the exit status.
+
+    What each subcommand does is the module's description above. ``lock`` blocks
+    in the kernel for as long as ``--timeout`` allows (forever without it) and then
+    for as long as COMMAND runs; argparse's own errors exit 2 through SystemExit.
+    """
     args = _parser().parse_args(argv)
     if args.command == "lock":
         return _lock(args)

@@ -110,22 +110,27 @@ def _align(n: int) -> int:
 
 
 def u8(value: int) -> bytes:
+    """An unsigned 8-bit attribute value, in host byte order (struct.error if out of range)."""
     return struct.pack("=B", value)
 
 
 def u16(value: int) -> bytes:
+    """An unsigned 16-bit attribute value, in host byte order (struct.error if out of range)."""
     return struct.pack("=H", value)
 
 
 def u32(value: int) -> bytes:
+    """An unsigned 32-bit attribute value, in host byte order (struct.error if out of range)."""
     return struct.pack("=I", value)
 
 
 def u64(value: int) -> bytes:
+    """An unsigned 64-bit attribute value, in host byte order (struct.error if out of range)."""
     return struct.pack("=Q", value)
 
 
 def s32(value: int) -> bytes:
+    """A signed 32-bit attribute value, in host byte order (struct.error if out of range)."""
     return struct.pack("=i", value)
 
 
@@ -363,6 +368,7 @@ class Socket:
         self.groups.add(group)
 
     def leave_group(self, group: int) -> None:
+        """Stop receiving multicast group number group (notifications already queued stay)."""
         self._own().membership(group, False)
         self.groups.discard(group)
 

@@ -166,6 +166,8 @@ class Route:
         self.close()
 
     def close(self) -> None:
+        """Close its netlink socket; a dump still running keeps its own channel until it
+        ends. Closing again does nothing."""
         self._sock.close()
 
     # -- dumps ---------------------------------------------------------------

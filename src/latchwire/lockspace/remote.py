@@ -45,6 +45,9 @@ from latchwire.lockspace._types import Lease, State, check_name, lease_owner
 __all__ = ["Listener", "RemoteLease", "RemoteLockSpace", "SessionLost", "State"]
 
 Listener = Callable[["RemoteLease", State], None]
+"""``listener(lease, state)``: told of every state change of a lease, in order, on the
+lockspace's own notifier thread (never on the caller's, never with a lockspace lock
+held); it must not block for long, and an exception it raises is logged, not passed on."""
 
 _FINAL = ("lost", "released")
 _log = logging.getLogger("latchwire")
