@@ -8,20 +8,36 @@ on a hot path. Lockspaces live in ``latchwire.lockspace``; ``LockSpace``,
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import threading
 from collections.abc import Generator, Iterator
 from types import TracebackType
-from typing import NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from latchwire import _core
 from latchwire.errors import LockBusy
-from latchwire.lockspace import Lease, LockSpace, lease_owner, resource_name
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from latchwire.lockspace import Lease, LockSpace, lease_owner, resource_name
 
 __all__ = ["FileLock", "Holder", "Lease", "LockSpace", "file_holders", "lease_owner",
            "resource_name"]
+
+
+_LOCKSPACE_NAMES = ("Lease", "LockSpace", "lease_owner", "resource_name")
+
+
+def __getattr__(name: str) -> Any:
+    """The lockspace names, imported when first asked for (a program that only
+    takes file locks does not load the lockspaces)."""
+    if name in _LOCKSPACE_NAMES:
+        from latchwire import lockspace
+
+        return getattr(lockspace, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class Holder(NamedTuple):
@@ -77,6 +93,8 @@ class _AsyncAcquire:
 
     async def _acquire(self) -> FileLock:
         lock = self._lock
+        import asyncio  # here: a program that never awaits a lock does not load asyncio
+
         with contextlib.suppress(LockBusy):
             lock._acquire_detached(False, None, self._shared)
             return lock

@@ -25,9 +25,8 @@ import struct
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Generic, Literal, TypeVar, overload
+from typing import Any, Generic, Literal, NamedTuple, TypeVar, overload
 
 from latchwire._core import (
     Address,
@@ -145,9 +144,9 @@ def nested(type: int, attrs: Iterable[bytes]) -> bytes:
     return attr(type | NLA_F_NESTED, b"".join(attrs))
 
 
-@dataclass(frozen=True)
-class Request:
-    """A request: message type, flags, the family header, then attributes.
+class Request(NamedTuple):
+    """A request: message type, flags, the family header, then attributes
+    (an immutable named tuple).
 
     The socket fills in the length, sequence number and port id, and sets
     NLM_F_REQUEST (plus NLM_F_ACK for transactions, NLM_F_DUMP for dumps).

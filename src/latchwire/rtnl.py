@@ -14,15 +14,13 @@ A ``Route`` belongs to one thread at a time, like the ``netlink.Socket`` under i
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import ipaddress
 import socket
 import struct
 from collections.abc import AsyncGenerator, Callable, Generator, Iterable, Sequence
-from dataclasses import dataclass
 from types import TracebackType
-from typing import cast
+from typing import NamedTuple, cast
 
 from latchwire import netlink
 from latchwire._core import Address, Link, Neighbour, NextHop, RouteEntry, check_timeout, decode
@@ -112,8 +110,7 @@ DEFAULT_GROUPS = ("link", "ipv4_addr", "ipv6_addr", "ipv4_route", "ipv6_route")
 _RETRIES = 5  # a decoded dump is repeated this often while the kernel flags it inconsistent
 
 
-@dataclass(frozen=True)
-class Resync:
+class Resync(NamedTuple):
     """In an event stream: notifications were lost (Overrun), the tables were
     dumped again, and the events that follow (``added + changed + removed`` of
     them) are the differences against what the stream had seen."""
@@ -473,6 +470,8 @@ class _EventStream:
 
     async def run_async(self) -> AsyncGenerator[Event, None]:
         """run() for asyncio, woken by the loop's reader callback."""
+        import asyncio  # here: a program that never uses asyncio does not load it
+
         loop = asyncio.get_running_loop()
         readable = asyncio.Event()
         fd = self._sock.fileno()
