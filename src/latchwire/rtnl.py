@@ -135,6 +135,26 @@ def _family_of(family: int | None) -> Sequence[int]:
     return (family,)
 
 
+def _table_id(table: int | str | None) -> int:
+    """The table id of a dump: 0 for "all", the main table's for None."""
+    if table == "all":
+        return 0
+    if table is None:
+        return RT_TABLE_MAIN
+    if isinstance(table, int) and 0 < table < 2**32:
+        return table
+    raise ValueError(f"table must be None, 'all' or a table number, not {table!r}")
+
+
+def _route_request(table_id: int) -> Callable[[int], Request]:
+    """The dump request of table_id's routes of a family (the table in the
+    header when it fits in 8 bits, and in RTA_TABLE unless all, as ip does)."""
+    attrs = attr(RTA_TABLE, u32(table_id)) if table_id else b""
+    return lambda fam: Request(
+        RTM_GETROUTE, header=_RTMSG.pack(fam, 0, 0, 0, table_id if table_id < 256 else 0,
+                                         0, 0, 0, 0), attrs=attrs)
+
+
 class Route:
     """rtnetlink in one network namespace: dumps, changes and events.
 
@@ -217,22 +237,35 @@ class Route:
                ) -> list[RouteEntry]:
         """The routes of family (AF_INET, AF_INET6, or None for both) in table:
         None for the main table (as ``ip route``), a table number, or "all"."""
-        if table == "all":
-            table_id = 0
-        elif table is None:
-            table_id = RT_TABLE_MAIN
-        elif isinstance(table, int) and 0 < table < 2**32:
-            table_id = table
-        else:
-            raise ValueError(f"table must be None, 'all' or a table number, not {table!r}")
-        attrs = attr(RTA_TABLE, u32(table_id)) if table_id else b""
-        records, filtered = self._dump_families(family, lambda fam: Request(
-            RTM_GETROUTE, header=_RTMSG.pack(fam, 0, 0, 0, table_id if table_id < 256 else 0,
-                                             0, 0, 0, 0), attrs=attrs))
+        table_id = _table_id(table)
+        records, filtered = self._dump_families(family, _route_request(table_id))
         routes = cast(list[RouteEntry], records)
         if table_id and not filtered:  # a kernel that does not filter dumps by table
             routes = [r for r in routes if r.table == table_id]
         return routes
+
+    def route_batches(self, family: int | None = AF_INET, table: int | str | None = None
+                      ) -> Generator[list[RouteEntry], None, None]:
+        """routes(), streamed: one list of routes a received datagram, so that
+        100,000 routes can be written out without holding them all. A dump
+        read in part cannot be repeated: one the kernel flagged inconsistent
+        raises DumpInterrupted after its last batch (``ip`` warns and goes on).
+        The arguments are checked here, before any dump starts."""
+        table_id = _table_id(table)
+        families = _family_of(family)
+        request = _route_request(table_id)
+        return self._route_batches(families, request, table_id)
+
+    def _route_batches(self, families: Sequence[int], request: Callable[[int], Request],
+                       table_id: int) -> Generator[list[RouteEntry], None, None]:
+        for fam in families:
+            dump = self._sock.dump(request(fam), timeout=self.timeout, decode=True)
+            with dump:
+                for batch in dump.batches():
+                    routes = cast(list[RouteEntry], batch)
+                    if table_id and not dump.filtered:
+                        routes = [r for r in routes if r.table == table_id]
+                    yield routes
 
     def neighbours(self, family: int | None = None) -> list[Neighbour]:
         """Every neighbour (ARP and NDP) entry of family (None for both)."""
