@@ -1,14 +1,17 @@
 """latchwire: locking and netlink for Linux system daemons, with a compiled core.
 
-The netlink layer (``netlink``, ``rtnl``, ``genl``) and the lockspaces are
-imported when first used (``latchwire.rtnl``, ``latchwire.LockSpace``), so that
-a program that only takes a file lock, and the ``latchwire lock`` command,
-start without them (and without asyncio).
+The netlink layer (``netlink``, ``rtnl``, ``genl``), the lockspaces, the object
+registries and the lock-order checker's module are imported when first used
+(``latchwire.rtnl``, ``latchwire.LockSpace``, ``latchwire.lockorder``), so that a
+program that only takes a file lock, and the ``latchwire lock`` command, start
+without them (and without asyncio). ``LATCHWIRE_LOCKDEP=1`` still turns the
+checker on when latchwire is imported.
 """
 
-from typing import TYPE_CHECKING, Any
+from __future__ import annotations
 
-from latchwire import lockorder
+import os
+
 from latchwire._core import Mutex, RWLock, wake_signal
 from latchwire.errors import (
     DumpInterrupted,
@@ -22,11 +25,14 @@ from latchwire.errors import (
     SessionLost,
 )
 from latchwire.locking import FileLock, Holder
-from latchwire.objects import Lockable, ObjectList
 
+TYPE_CHECKING = False  # typing's own costs an import of typing
 if TYPE_CHECKING:
-    from latchwire import genl, netlink, rtnl
+    from typing import Any
+
+    from latchwire import genl, lockorder, netlink, rtnl
     from latchwire.lockspace import Lease, LockSpace, resource_name
+    from latchwire.objects import Lockable, ObjectList
 
 __all__ = [
     "DumpInterrupted",
@@ -60,10 +66,17 @@ _LAZY = {
     "genl": ("latchwire.genl", None),
     "netlink": ("latchwire.netlink", None),
     "rtnl": ("latchwire.rtnl", None),
+    "lockorder": ("latchwire.lockorder", None),
+    "Lockable": ("latchwire.objects", "Lockable"),
+    "ObjectList": ("latchwire.objects", "ObjectList"),
     "Lease": ("latchwire.lockspace", "Lease"),
     "LockSpace": ("latchwire.lockspace", "LockSpace"),
     "resource_name": ("latchwire.lockspace", "resource_name"),
 }
+
+
+if os.environ.get("LATCHWIRE_LOCKDEP") == "1":
+    from latchwire import lockorder  # its import turns the checker on
 
 
 def __getattr__(name: str) -> Any:

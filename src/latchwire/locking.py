@@ -8,20 +8,32 @@ on a hot path. Lockspaces live in ``latchwire.lockspace``; ``LockSpace``,
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import threading
 from collections.abc import Generator, Iterator
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, NamedTuple
 
 from latchwire import _core
 from latchwire.errors import LockBusy
 
+# Not typing's: this module is on the path of every latchwire lock command, and typing
+# is the largest import there would be (mypy reads the name as typing's).
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     import asyncio
+    from typing import Any, NamedTuple
 
     from latchwire.lockspace import Lease, LockSpace, lease_owner, resource_name
+
+    class _HolderFields(NamedTuple):
+        pid: int
+        mode: str  # "shared" or "exclusive"
+        kind: str  # "ofd", "posix" or "flock"
+        command: str  # its command line, or "" if it could not be read
+else:
+    _HolderFields = collections.namedtuple("_HolderFields", ("pid", "mode", "kind", "command"))
 
 __all__ = ["FileLock", "Holder", "Lease", "LockSpace", "file_holders", "lease_owner",
            "resource_name"]
@@ -40,13 +52,12 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-class Holder(NamedTuple):
-    """One process holding a lock on a file."""
+class Holder(_HolderFields):
+    """One process holding a lock on a file: pid, mode ("shared" or "exclusive"),
+    kind ("ofd", "posix" or "flock") and command (its command line, or "" if it
+    could not be read); a named tuple."""
 
-    pid: int
-    mode: str  # "shared" or "exclusive"
-    kind: str  # "ofd", "posix" or "flock"
-    command: str  # its command line, or "" if it could not be read
+    __slots__ = ()
 
 
 class FileLock(_core.FileLock):

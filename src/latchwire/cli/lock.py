@@ -1,10 +1,24 @@
-"""``latchwire lock``: run a command holding a file lock."""
+"""``latchwire lock``: run a command holding a file lock, as flock(1) does.
+
+COMMAND inherits the lock unless ``--close``: once the kernel has granted it,
+the FileLock hands its open file description over (``FileLock.handover()``),
+and this process keeps that descriptor, made inheritable, open while COMMAND
+runs with its own copy. An OFD lock lives while any descriptor of its open file
+description is open, so the lock outlives a latchwire killed with SIGKILL, as
+flock(1)'s does, and goes when the last holder ends. With ``--close`` (flock
+-o) the FileLock keeps it, close-on-exec, and it goes with this process.
+Classic POSIX locks belong to a process, so they are kept as with ``--close``.
+
+COMMAND is started with posix_spawn, not subprocess: this is on the path of
+every ``latchwire lock`` and should cost what flock(1) costs, not an import of
+subprocess and its helpers.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
-import subprocess
 
 from latchwire.cli._common import fail
 from latchwire.errors import LockBusy, LockTimeout
@@ -14,13 +28,20 @@ from latchwire.locking import FileLock
 _FORWARDED = (signal.SIGTERM, signal.SIGHUP)
 # Signals a terminal sends to the whole foreground group: COMMAND gets its own.
 _IGNORED = (signal.SIGINT, signal.SIGQUIT)
+# What Python ignores at startup, and a program started by it should not.
+_DEFAULTED = (signal.SIGPIPE, signal.SIGXFSZ)
 
 
 def run(args: argparse.Namespace) -> int:
-    command = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
-    if not command:
-        return fail("lock: no command given (latchwire lock PATH -- COMMAND [ARG...])")
-    lock = FileLock(args.path, lockfile=args.path if args.file else None)
+    """args.argv is COMMAND (main has checked that there is one)."""
+    # flock=True only when asked for: a FileLock without that parameter still runs the rest.
+    options: dict[str, bool] = {"flock": True} if args.flock else {}
+    try:
+        lock = FileLock(args.path, lockfile=args.path if args.file else None, **options)
+    except TypeError:
+        if not args.flock:
+            raise
+        return fail("lock: --flock needs a latchwire whose FileLock takes flock=True")
     try:
         lock.acquire(blocking=not args.nonblock, timeout=args.timeout, shared=args.shared)
     except LockBusy:
@@ -29,30 +50,45 @@ def run(args: argparse.Namespace) -> int:
         return fail(f"{args.path}: timed out after {args.timeout:g} s waiting for the lock")
     except OSError as exc:
         return fail(f"{exc.filename or args.path}: {exc.strerror}")
+    if args.close or lock.lock_kind != "ofd":
+        try:
+            return _run(args.argv, None)
+        finally:
+            lock.release()
+    fd = lock.handover()  # the lock is never free in between: fd's description holds it
     try:
-        return _run(command)
+        return _run(args.argv, fd)
     finally:
-        lock.release()
+        os.close(fd)
 
 
-def _run(command: list[str]) -> int:
-    """Run command to its end, passing on supervisor signals; its shell-style status."""
+def _run(command: list[str], inherit: int | None) -> int:
+    """Run command to its end (inheriting descriptor inherit, and every other
+    one not close-on-exec, as under flock(1)), passing on supervisor signals;
+    its shell-style status."""
+    if inherit is not None:
+        os.set_inheritable(inherit, True)
     try:
-        # COMMAND inherits every descriptor, as under flock(1), but the lock's
-        # (close-on-exec): it cannot release the lock, nor outlive us holding it.
-        child = subprocess.Popen(command, close_fds=False)
-    except FileNotFoundError:
+        pid = os.posix_spawnp(command[0], command, os.environ, setsigdef=_DEFAULTED)
+    except (FileNotFoundError, NotADirectoryError):
         fail(f"{command[0]}: command not found")
         return 127
-    except PermissionError:
-        fail(f"{command[0]}: permission denied")
+    except OSError as exc:
+        fail(f"{command[0]}: {exc.strerror}")
         return 126
-    previous = {sig: signal.signal(sig, lambda signo, _frame: child.send_signal(signo))
-                for sig in _FORWARDED}
+    running = True
+
+    def forward(signo: int, _frame: object) -> None:
+        if running:  # never to a pid reaped already, which may be another process's now
+            os.kill(pid, signo)
+
+    previous = {sig: signal.signal(sig, forward) for sig in _FORWARDED}
     previous.update({sig: signal.signal(sig, signal.SIG_IGN) for sig in _IGNORED})
     try:
-        status = child.wait()
+        _, status = os.waitpid(pid, 0)  # retried after a forwarded signal (PEP 475)
+        running = False
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    return 128 - status if status < 0 else status
+    code = os.waitstatus_to_exitcode(status)
+    return 128 - code if code < 0 else code
