@@ -24,6 +24,9 @@ DIRECTIVES = {
     "embedsignature": True,
     "embedsignature.format": "python",
     "autotestdict": False,
+    # Shared state is guarded by C locks and atomics, never the GIL (see _core.pyx):
+    # a free-threaded interpreter keeps the GIL off when it imports latchwire.
+    "freethreading_compatible": True,
 }
 
 WERROR = os.environ.get("LATCHWIRE_WERROR") == "1"

@@ -27,6 +27,7 @@ from typing import Any
 
 import pytest
 from lwlocks import (
+    CODE_LIFETIME_SEEN,
     assert_at_once,
     assert_timely_as_reference,
     assert_woken_as_reference,
@@ -329,6 +330,7 @@ def made_function(body: str, name: str = "take") -> tuple[Callable[..., Any], we
     return fn, weakref.ref(fn.__code__)
 
 
+@CODE_LIFETIME_SEEN
 def test_a_site_keeps_its_code_object_until_the_next_holder_comes_from_elsewhere() -> None:
     """The Mutex keeps a reference to where it was last taken, and drops it as soon as a
     holder takes it at another code object: a dynamically made function's code is freed

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 from lwlocks import (
+    CODE_LIFETIME_SEEN,
     assert_at_once,
     assert_timely_as_reference,
     assert_woken_as_reference,
@@ -597,6 +598,7 @@ def made_function(body: str, name: str = "take") -> tuple[Callable[..., Any], we
     return fn, weakref.ref(fn.__code__)
 
 
+@CODE_LIFETIME_SEEN
 @pytest.mark.parametrize("how", ["write", "read", "read beside another"])
 def test_sites_keep_their_code_objects_only_until_replaced(
         holders: Callable[[RWLock, str], Holder], how: str) -> None:

@@ -59,7 +59,7 @@ __all__ = [
     "rtnl",
     "wake_signal",
 ]
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 # Imported on first use: name -> (module, attribute, or None for the module itself).
 _LAZY = {

@@ -50,6 +50,7 @@ class FileLock:
         *,
         create: bool = True,
         create_mode: int = 0o600,
+        flock: bool = False,
     ) -> None: ...
     @classmethod
     def _canonical(
@@ -97,6 +98,8 @@ class FileLock:
     def lock_kind(self) -> Literal["ofd", "posix"]: ...
     @property
     def lost(self) -> bool: ...
+    @property
+    def flock(self) -> bool: ...
 
 @final
 class _SharedHold:

@@ -62,7 +62,8 @@ from latchwire._sync cimport (lw_cas_i, lw_futex_wake_n, lw_inc_u, lw_load_i,
                               lw_load_u, lw_load_ul, lw_mutex, lw_mutex_lock, lw_mutex_reset,
                               lw_mutex_trylock, lw_mutex_unlock, lw_perturb_on,
                               lw_perturb_pause, lw_store_i, lw_store_u, lw_store_ul)
-from latchwire._posix cimport O_NOFOLLOW, TIMER_ABSTIME, pthread_atfork, pthread_sigmask
+from latchwire._posix cimport (LOCK_EX, LOCK_NB, LOCK_SH, LOCK_UN, O_NOFOLLOW, TIMER_ABSTIME,
+                               lw_flock, pthread_atfork, pthread_sigmask)
 
 import os as _os
 import weakref as _weakref

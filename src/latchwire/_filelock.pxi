@@ -21,6 +21,16 @@ cdef class FileLock:
     file this process may only read is opened read-only: shared locks work
     through it, exclusive ones raise PermissionError.
 
+    OFD locks do not conflict with ``flock(2)`` locks (``flock(1)``, Python's
+    filelock and portalocker use those). With ``flock=True`` a hold also takes a
+    ``flock(2)`` lock of the same mode, after the OFD lock (released before it),
+    so such tools are kept out too. flock(2) converts by letting go and taking
+    again: ``downgrade()`` keeps the flock(2) lock exclusive until the release,
+    and ``upgrade()`` converts it after the OFD lock, so a failed upgrade may
+    leave the hold without its shared flock(2) lock if another process took the
+    file meanwhile. A shared request joining this process's holders that took
+    no flock(2) lock waits for them to leave if the flock(2) lock is not free.
+
     A hold belongs to this object, not to a thread: any thread may release it.
     Acquiring an object that already holds raises RuntimeError at once (it is
     not reentrant), as does a blocking acquisition that would wait for a hold
@@ -31,13 +41,23 @@ cdef class FileLock:
     is kept alive until released.
 
     Kernel open-file-description locks are used (classic POSIX locks on kernels
-    without them). After every grant the path is known to name the inode
-    locked (an inotify watch of the file and its directories says when it
-    must be walked again); a lock found on an unlinked, replaced or moved file
-    is dropped and taken again on the file now at the path. ``verify()``
-    walks the path; if the file is gone it drops the hold as *lost*:
-    ``locked`` turns False, ``lost`` True, and ``release()`` (or leaving a
-    ``with`` block) then succeeds quietly.
+    without them, or with LATCHWIRE_LOCKS=posix). A grant from the kernel is
+    kept only if the path still names the inode locked: the path is walked
+    (``lstat``) unless the record's inotify watch of the file and its
+    directories vouches, with one FIONREAD, that nothing moved since the last
+    walk (the watch is set up at the record's second grant and vouches from
+    the third). A lock found on an unlinked, replaced or moved file is dropped
+    and taken again on the file now at the path. ``verify()`` walks the path;
+    if the file is gone it drops the hold as *lost*: ``locked`` turns False,
+    ``lost`` True, and ``release()`` (or leaving a ``with`` block) then
+    succeeds quietly.
+
+    The kernel serves waiters in no particular order, grants shared locks
+    while another process waits for an exclusive one, and detects no cycle of
+    waits across processes (under POSIX locks latchwire retries a wait refused
+    with EDEADLK): give waits a timeout. The record's descriptor is closed when
+    the last FileLock referring to it goes, which drops any classic POSIX lock
+    (fcntl.lockf) this process holds on the file.
     """
     cdef readonly str path
     cdef readonly str lockfile
@@ -46,6 +66,7 @@ cdef class FileLock:
     cdef _LockFile rec                # (hmu) the record of the inode lockfile led to, or None
     cdef bint create
     cdef int create_mode
+    cdef readonly bint flock          # also take a flock(2) lock of the same mode
     cdef int hold                     # (rec.mu) LW_SHARED or LW_EXCLUSIVE while holding; set
                                       # by a compare-and-swap from 0, so that two threads
                                       # acquiring one object through two records (its path
@@ -63,7 +84,8 @@ cdef class FileLock:
     cdef int ld_cls
     cdef list ld_stack                # (rec.mu) the held list the checker put the hold on
 
-    def __init__(self, path, lockfile=None, *, bint create=True, int create_mode=0o600):
+    def __init__(self, path, lockfile=None, *, bint create=True, int create_mode=0o600,
+                 bint flock=False):
         path = _lock_path(path, "path")
         if not 0 <= create_mode <= 0o777:
             raise ValueError(f"create_mode {create_mode:#o} is not a set of permission bits "
@@ -78,6 +100,7 @@ cdef class FileLock:
                 raise ValueError(f"lockfile {lockfile!r} names a directory")
             lockfile = _os.path.join(_os.path.realpath(head), tail)
         self._setup(path, lockfile, create, create_mode, lockfile)
+        self.flock = flock
 
     @classmethod
     def _canonical(cls, str lockfile, bint create=True, lockclass=None):
@@ -511,6 +534,8 @@ cdef _LockFile _record_adopt(FileLock h, int fd, int mode):
     code = _caller_code(&lasti)
     lw_lock(&rec.mu)
     rec.kmode = mode
+    if h.flock:                 # the description handed over holds that too
+        rec.fmode = mode
     old_site = rec._add_holder(h, mode, True, code, lasti)
     lw_mutex_unlock(&rec.mu)
     if old_site == NULL:

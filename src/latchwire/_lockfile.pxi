@@ -97,6 +97,18 @@ cdef int lw_setlk(int fd, int cmd, short type) noexcept nogil:
     return errno
 
 
+# flock(2) on fd: op is LOCK_SH, LOCK_EX or LOCK_UN, with LOCK_NB not to wait;
+# 0 or a positive errno (EWOULDBLOCK comes back as EAGAIN).
+cdef int lw_flock_op(int fd, int op) noexcept nogil:
+    if lw_flock(fd, op) == 0:
+        return 0
+    return errno
+
+
+cdef inline int lw_flock_mode(int mode) noexcept nogil:
+    return LOCK_SH if mode == LW_SHARED else LOCK_EX
+
+
 # *same = 1 if path (not followed) names the inode (dev, ino); 0 or a positive
 # errno (a missing path is *same = 0, not an error). While a descriptor of the
 # inode is open its number cannot be reused, so equal numbers mean that file.
@@ -277,6 +289,7 @@ cdef class _LockFile:
     cdef unsigned long generation
     cdef int dead               # (mu)
     cdef int kmode              # (mu)
+    cdef int fmode              # the flock(2) lock held through fd, for flock=True holders (mu)
     cdef void *holders          # first holder, a FileLock (mu)
     cdef int nholders           # (mu)
     cdef lw_fwait *claim        # (mu)
@@ -340,6 +353,21 @@ cdef class _LockFile:
         if self.posix:
             return F_SETLKW if wait else F_SETLK
         return F_OFD_SETLKW if wait else F_OFD_SETLK
+
+    # Let go of the kernel locks held through fd: the flock(2) one first (it was
+    # taken last), then the OFD or POSIX one. 0 or a positive errno (nothing
+    # changed then). Caller: holds mu, or is the claimant.
+    cdef int _unlock_kernel(self) noexcept:
+        cdef int err
+        if self.fmode:
+            err = lw_flock_op(self.fd, LOCK_UN)
+            if err:
+                return err
+            self.fmode = LW_UNLOCKED
+        err = lw_setlk(self.fd, self._cmd(False), F_UNLCK)
+        if not err:
+            self.kmode = LW_UNLOCKED
+        return err
 
     # ---- waiters (mu) ----------------------------------------------------
 
@@ -522,6 +550,12 @@ cdef class _LockFile:
                         and self.nholders and self.claim == NULL and self.upgrader == NULL \
                         and self._held_by_this_thread(h):
                     out = LW_JOIN       # it reads already: waiting behind a writer would deadlock
+                if out == LW_JOIN and h.flock and not self.fmode:
+                    # The holders took no flock(2) lock: take one, if it is free.
+                    if lw_flock_op(self.fd, LOCK_SH | LOCK_NB) == 0:
+                        self.fmode = LW_SHARED
+                    else:
+                        out = LW_WAIT
                 if out == LW_JOIN:
                     old_site = self._add_holder(h, mode, detached, code, lasti)
                     out = LW_GRANTED if old_site != NULL else LW_HELD_HERE
@@ -535,8 +569,7 @@ cdef class _LockFile:
                     if out == LW_GRANTED:
                         old_site = self._add_holder(h, mode, detached, code, lasti)
                         if old_site == NULL:    # held through another record meanwhile
-                            lw_setlk(self.fd, self._cmd(False), F_UNLCK)
-                            self.kmode = LW_UNLOCKED
+                            self._unlock_kernel()
                             out = LW_HELD_HERE
                     break
                 # Wait here, for the holders or the claimant of this process.
@@ -576,7 +609,7 @@ cdef class _LockFile:
                          double deadline, unsigned int cgen) except LW_FAILED:
         cdef short ltype = F_RDLCK if mode == LW_SHARED else F_WRLCK
         cdef int err, out
-        cdef bint waited, granted
+        cdef bint waited, granted, checked
         while True:
             err = lw_setlk(self.fd, self._cmd(False), ltype)
             if err == EINVAL and not self.posix:
@@ -584,14 +617,26 @@ cdef class _LockFile:
                 lw_store_i(&lw_use_ofd, False)
                 continue
             break
-        if err == 0 and self.vok and (h.bpath is self.vpath or h.bpath == self.vpath) \
-                and lw_watch_quiet(self.watch, self.vepoch):
-            self.kmode = mode           # the fast path: one FIONREAD vouched for the path
-            return LW_GRANTED
         if err and err != EAGAIN:
             return err
         if err == EAGAIN and not blocking:
             return LW_BUSY_KERNEL
+        checked = False
+        if err == 0 and self.vok and (h.bpath is self.vpath or h.bpath == self.vpath) \
+                and lw_watch_quiet(self.watch, self.vepoch):
+            # The fast path: one FIONREAD vouched for the path.
+            if not h.flock:
+                self.kmode = mode
+                return LW_GRANTED
+            err = lw_flock_op(self.fd, lw_flock_mode(mode) | LOCK_NB)
+            if err == 0:
+                self.kmode = self.fmode = mode
+                return LW_GRANTED
+            if err != EAGAIN or not blocking:
+                lw_setlk(self.fd, self._cmd(False), F_UNLCK)
+                return LW_BUSY_KERNEL if err == EAGAIN else err
+            checked = True              # wait for the flock(2) lock below
+            err = 0
         waited = err == EAGAIN
         granted = not waited
         self.claim = w
@@ -600,24 +645,45 @@ cdef class _LockFile:
         try:
             out = LW_GRANTED
             if waited:
-                out = self._kernel_wait(w, h, ltype, deadline, cgen)
+                out = self._kernel_wait(w, h, ltype, deadline, cgen, False)
                 granted = out == LW_GRANTED
-            if granted:
+            if granted and not checked:
                 out = self._check_grant(h)  # unlocks itself if the file moved
+                granted = out == LW_GRANTED
+            if granted and h.flock:
+                out = self._flock_take(w, h, mode, blocking, deadline, cgen)
         except BaseException:
-            if granted:             # granted, then the check failed: let go of it
-                lw_setlk(self.fd, self._cmd(False), F_UNLCK)
+            if granted:             # granted, then a check or wait failed: let go of it
+                self._unlock_kernel()
             lw_lock(&self.mu)
             self.claim = NULL
             self.kmode = LW_UNLOCKED
             raise
+        if granted and out != LW_GRANTED:
+            self._unlock_kernel()   # the flock(2) lock was not had
         lw_lock(&self.mu)
         self.claim = NULL
         if out == LW_GRANTED:
             self.kmode = mode
-        elif out == LW_DEAD:
-            self.dead = True
+        else:
+            self.kmode = LW_UNLOCKED
+            if out == LW_DEAD:
+                self.dead = True
         return out
+
+    # Take the flock(2) lock of mode through fd as well, after the OFD or POSIX
+    # one: LW_GRANTED (fmode set), LW_BUSY_KERNEL, or as _kernel_wait. Caller:
+    # the claimant, without mu.
+    cdef int _flock_take(self, lw_fwait *w, FileLock h, int mode, bint blocking,
+                         double deadline, unsigned int cgen) except LW_FAILED:
+        cdef int err = lw_flock_op(self.fd, lw_flock_mode(mode) | LOCK_NB)
+        if err == EAGAIN:
+            if not blocking:
+                return LW_BUSY_KERNEL
+            err = self._kernel_wait(w, h, lw_flock_mode(mode), deadline, cgen, True)
+        if err == 0:
+            self.fmode = mode
+        return err
 
     # Keep the lock just granted through fd only if h's path names the inode:
     # LW_GRANTED, or (unlocked again) LW_MOVED, or LW_DEAD when the inode has
@@ -665,13 +731,14 @@ cdef class _LockFile:
             return LW_DEAD
         return LW_MOVED
 
-    # Wait in the kernel for the lock of type ltype through fd: LW_GRANTED,
+    # Wait in the kernel for the lock of type ltype through fd (with use_flock,
+    # the flock(2) lock of operation ltype, LOCK_SH or LOCK_EX): LW_GRANTED,
     # LW_TIMED_OUT at deadline, LW_CANCELLED once h.cancel_gen moved past cgen,
     # or a positive errno; raises what a signal handler raised. Woken by this
     # thread's wake timer, armed for the deadline or by cancel().
     # Caller: the claimant (w is claim), without mu.
     cdef int _kernel_wait(self, lw_fwait *w, FileLock h, short ltype, double deadline,
-                          unsigned int cgen) except LW_FAILED:
+                          unsigned int cgen, bint use_flock) except LW_FAILED:
         cdef int signo = lw_wake_signo
         cdef int err, fd = self.fd, cmd = self._cmd(True)
         cdef timer_t timer = <timer_t>0
@@ -708,8 +775,11 @@ cdef class _LockFile:
                 with nogil:
                     if lw_perturb_on:
                         lw_perturb_pause()
-                    err = lw_setlk(fd, cmd, ltype)
-                    if err == EDEADLOCK and self.posix:
+                    if use_flock:
+                        err = lw_flock_op(fd, ltype)
+                    else:
+                        err = lw_setlk(fd, cmd, ltype)
+                    if err == EDEADLOCK and self.posix and not use_flock:
                         # POSIX locks are the process's, so the kernel sees a cycle
                         # whenever another thread here holds what the holder
                         # awaits: it may well end. Try again shortly (the timer
@@ -749,9 +819,7 @@ cdef class _LockFile:
             err = LW_UPGRADING
         else:
             if h.hold == LW_EXCLUSIVE or self.nholders == 1:
-                err = lw_setlk(self.fd, self._cmd(False), F_UNLCK)
-                if not err:
-                    self.kmode = LW_UNLOCKED
+                err = self._unlock_kernel()
             if not err:
                 self._remove_holder(h)
                 h.lost = lost
@@ -831,13 +899,42 @@ cdef class _LockFile:
             self.claim = w
             lw_mutex_unlock(&self.mu)
             try:
-                out = self._kernel_wait(w, h, F_WRLCK, deadline, cgen)
+                out = self._kernel_wait(w, h, F_WRLCK, deadline, cgen, False)
             finally:
                 lw_lock(&self.mu)
                 self.claim = NULL
+        if out == LW_GRANTED and self.fmode == LW_SHARED:
+            out = self._flock_convert(w, h, blocking, deadline, cgen)
+            if out != LW_GRANTED:   # back to where it was; never waits
+                lw_setlk(self.fd, self._cmd(False), F_RDLCK)
         if out == LW_GRANTED:
             self.kmode = LW_EXCLUSIVE
             lw_store_i(&h.hold, LW_EXCLUSIVE)
+        return out
+
+    # The flock(2) side of an upgrade. flock(2) converts by letting go and
+    # taking again, so a failed conversion may cost the shared flock(2) lock;
+    # it is taken again if it is free (fmode says whether it was). Caller:
+    # holds mu, the OFD or POSIX lock is exclusive already, claim is NULL;
+    # returns (or raises) with mu held.
+    cdef int _flock_convert(self, lw_fwait *w, FileLock h, bint blocking, double deadline,
+                            unsigned int cgen) except LW_FAILED:
+        cdef int out = lw_flock_op(self.fd, LOCK_EX | LOCK_NB)
+        if out == EAGAIN:
+            if not blocking:
+                out = LW_BUSY_KERNEL
+            else:
+                self.claim = w
+                lw_mutex_unlock(&self.mu)
+                try:
+                    out = self._kernel_wait(w, h, LOCK_EX, deadline, cgen, True)
+                finally:
+                    lw_lock(&self.mu)
+                    self.claim = NULL
+        if out == LW_GRANTED:
+            self.fmode = LW_EXCLUSIVE
+        elif lw_flock_op(self.fd, LOCK_SH | LOCK_NB) != 0:
+            self.fmode = LW_UNLOCKED
         return out
 
     # Turn h's exclusive hold into a shared one: 0, LW_NOT_HELD or an errno.

@@ -22,3 +22,10 @@ cdef extern from "<arpa/inet.h>" nogil:
 
 cdef extern from "<string.h>" nogil:
     size_t strnlen(const char *s, size_t maxlen)
+
+cdef extern from "<sys/file.h>" nogil:
+    enum: LOCK_SH
+    enum: LOCK_EX
+    enum: LOCK_NB
+    enum: LOCK_UN
+    int lw_flock "flock"(int fd, int operation)

@@ -26,6 +26,7 @@ import multiprocessing
 import os
 import subprocess
 import sys
+import sysconfig
 import time
 from collections.abc import Sequence
 
@@ -39,6 +40,7 @@ WATCHDOG = 15.0  # an idle OtherProcess drops its locks and exits after this lon
 GUARD = 120.0  # the ``watchdog`` fixture dumps every stack and ends the run after this long
 LATCHWIRE = [sys.executable, "-m", "latchwire"]
 REQUIRE_KERNEL = os.environ.get("LATCHWIRE_REQUIRE_KERNEL") == "1"
+FREE_THREADED = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))  # a CPython built without the GIL
 
 
 def need(available: bool, reason: str) -> None:

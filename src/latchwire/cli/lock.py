@@ -34,14 +34,7 @@ _DEFAULTED = (signal.SIGPIPE, signal.SIGXFSZ)
 
 def run(args: argparse.Namespace) -> int:
     """args.argv is COMMAND (main has checked that there is one)."""
-    # flock=True only when asked for: a FileLock without that parameter still runs the rest.
-    options: dict[str, bool] = {"flock": True} if args.flock else {}
-    try:
-        lock = FileLock(args.path, lockfile=args.path if args.file else None, **options)
-    except TypeError:
-        if not args.flock:
-            raise
-        return fail("lock: --flock needs a latchwire whose FileLock takes flock=True")
+    lock = FileLock(args.path, lockfile=args.path if args.file else None, flock=args.flock)
     try:
         lock.acquire(blocking=not args.nonblock, timeout=args.timeout, shared=args.shared)
     except LockBusy:

@@ -123,9 +123,10 @@ class LockSpace:
         by another owner here or by another process raises LockBusy at once,
         unless ``wait``: then this waits (in the kernel, without polling), up to
         ``timeout`` seconds (LockTimeout). A shared request joins the shared
-        holders. A missing resource is created if ``autocreate`` (and, in a
-        lockspace directory, deleted again on its last release); otherwise
-        FileNotFoundError. RuntimeError if owner already holds or awaits name.
+        holders. A missing resource is created if ``autocreate``, otherwise
+        FileNotFoundError; in a lockspace directory, a resource acquired with
+        ``autocreate`` is deleted on its last release even if its file was there
+        before (see release()). RuntimeError if owner already holds or awaits name.
         """
         owner = lease_owner(owner)
         if timeout is not None and not wait:
