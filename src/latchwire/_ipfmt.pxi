@@ -136,6 +136,9 @@ cdef class RouteFormat:
     the (bit, name) pairs of rtm_flags and next hops' flags, in ip's order.
     ``show_table=False`` leaves the table out, as ip does when it was asked
     for the routes of one table.
+
+    A RouteFormat does not change after ``__init__``: threads may share one
+    (each ``render()`` writes into a buffer of its own).
     """
     cdef object names
     cdef readonly bint json
@@ -145,10 +148,6 @@ cdef class RouteFormat:
     cdef int nflags
     cdef uint32_t flag_bits[LW_FMT_FLAGS]
     cdef tuple flag_names
-    cdef lw_out out
-    # The last link named within one render(): most routes name the same one.
-    cdef int64_t last_index
-    cdef bytes last_name
 
     def __init__(self, names, bint json, types, protocols, scopes, prefs, dsfields, tables,
                  flags, *, bint show_table=True):
@@ -170,27 +169,40 @@ cdef class RouteFormat:
             self.flag_bits[i] = <uint32_t>pairs[i][0]
         self.flag_names = tuple(name for _, name in pairs)
 
-    def __dealloc__(self):
-        PyMem_Free(self.out.p)
-
     def render(self, list routes not None):
         """The routes (RouteEntry records) written out: in text one line each
         (a multipath route's next hops on lines of their own), each ending in a
         newline; in JSON the objects separated by commas, without brackets."""
+        cdef tuple items = tuple(routes)    # a snapshot: the list may change meanwhile
+        cdef _RouteWriter w = _RouteWriter.__new__(_RouteWriter)
         cdef Py_ssize_t i
-        cdef lw_out *o = &self.out
-        o.n = 0
-        self.last_index = -1
-        self.last_name = None
-        for i in range(len(routes)):
-            if self.json and i:
-                lw_put(o, ",", 1)
-            self._route(<RouteEntry?>routes[i])
-        return PyBytes_FromStringAndSize(o.p, o.n)
+        w.f = self
+        w.json = self.json
+        w.last_index = -1
+        for i in range(PyTuple_GET_SIZE(items)):
+            if w.json and i:
+                lw_put(&w.out, ",", 1)
+            w._route(<RouteEntry?>PyTuple_GET_ITEM(items, i))
+        return PyBytes_FromStringAndSize(w.out.p, w.out.n)
+
+
+# One render()'s state: its output buffer and the last link it named (most
+# routes name the same one); never shared between threads.
+@cython.final
+@cython.auto_pickle(False)
+cdef class _RouteWriter:
+    cdef RouteFormat f
+    cdef bint json
+    cdef lw_out out
+    cdef int64_t last_index
+    cdef bytes last_name
+
+    def __dealloc__(self):
+        PyMem_Free(self.out.p)
 
     cdef bytes _name(self, uint32_t index):
         if index != self.last_index:
-            self.last_name = PyUnicode_EncodeFSDefault(self.names[index])
+            self.last_name = PyUnicode_EncodeFSDefault(self.f.names[index])
             self.last_index = index
         return self.last_name
 
@@ -222,11 +234,11 @@ cdef class RouteFormat:
         cdef bint first = True
         if self.json:
             lw_put(o, ",\"flags\":[", 10)
-        for i in range(self.nflags):
-            if flags & self.flag_bits[i]:
+        for i in range(self.f.nflags):
+            if flags & self.f.flag_bits[i]:
                 if self.json and not first:
                     lw_put(o, ",", 1)
-                lw_put_word(o, self.json, <bytes>PyTuple_GET_ITEM(self.flag_names, i))
+                lw_put_word(o, self.json, <bytes>PyTuple_GET_ITEM(self.f.flag_names, i))
                 self._end()
                 first = False
         if self.json:
@@ -247,7 +259,7 @@ cdef class RouteFormat:
             lw_put(o, "Deleted ", 8)
         if r.type != RTN_UNICAST_:
             self._key("", "\"type\":")
-            lw_put_word(o, json, <bytes>PyTuple_GET_ITEM(self.types, r.type))
+            lw_put_word(o, json, <bytes>PyTuple_GET_ITEM(self.f.types, r.type))
             if json:
                 lw_put(o, ",", 1)
             else:
@@ -265,7 +277,7 @@ cdef class RouteFormat:
             self._close_str()
         if r.tos:
             self._key("tos ", ",\"tos\":")
-            lw_put_word(o, json, <bytes>PyTuple_GET_ITEM(self.dsfields, r.tos))
+            lw_put_word(o, json, <bytes>PyTuple_GET_ITEM(self.f.dsfields, r.tos))
             self._end()
         if r.has & ROUTE_HAS_GATEWAY:
             self._key("via ", ",\"gateway\":\"")
@@ -275,9 +287,9 @@ cdef class RouteFormat:
             self._key("dev ", ",\"dev\":")
             lw_put_word(o, json, self._name(r.oif))
             self._end()
-        if self.show_table and r.table and r.table != RT_TABLE_MAIN_:
+        if self.f.show_table and r.table and r.table != RT_TABLE_MAIN_:
             self._key("table ", ",\"table\":")
-            table = self.tables.get(r.table)
+            table = self.f.tables.get(r.table)
             if table is None:
                 if json:
                     lw_put(o, "\"", 1)
@@ -290,11 +302,11 @@ cdef class RouteFormat:
         if not r.flags & RTM_F_CLONED_:
             if r.protocol != RTPROT_BOOT_:
                 self._key("proto ", ",\"protocol\":")
-                lw_put_word(o, json, <bytes>PyTuple_GET_ITEM(self.protocols, r.protocol))
+                lw_put_word(o, json, <bytes>PyTuple_GET_ITEM(self.f.protocols, r.protocol))
                 self._end()
             if r.scope != 0:
                 self._key("scope ", ",\"scope\":")
-                lw_put_word(o, json, <bytes>PyTuple_GET_ITEM(self.scopes, r.scope))
+                lw_put_word(o, json, <bytes>PyTuple_GET_ITEM(self.f.scopes, r.scope))
                 self._end()
         if r.has & ROUTE_HAS_PREFSRC:
             self._key("src ", ",\"prefsrc\":\"")
@@ -314,7 +326,7 @@ cdef class RouteFormat:
                 lw_put(o, " ", 1)
         if r.has & ROUTE_HAS_PREF:
             self._key("pref ", ",\"pref\":")        # the one field ip ends without a space
-            lw_put_word(o, json, <bytes>PyTuple_GET_ITEM(self.prefs, r.pref))
+            lw_put_word(o, json, <bytes>PyTuple_GET_ITEM(self.f.prefs, r.pref))
         if route.nexthops_:
             self._hops(route.nexthops_)
         if json:
