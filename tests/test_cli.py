@@ -340,3 +340,23 @@ def test_flock_option_excludes_flock_1(tmp_path: Path) -> None:
         assert fcntl_probe(str(lockfile)) == "busy"
         assert subprocess.run([FLOCK, "-n", str(lockfile), "true"]).returncode == 1
     assert subprocess.run([FLOCK, "-n", str(lockfile), "true"]).returncode == 0
+
+
+def test_flock_lock_is_inherited_too(tmp_path: Path) -> None:
+    """--flock without --close: the flock(2) lock is on the same open file description,
+    so COMMAND keeps it, as it keeps the OFD lock, when latchwire is killed with SIGKILL."""
+    need(FLOCK is not None, "needs util-linux's flock(1)")
+    assert FLOCK is not None
+    lockfile = tmp_path / "lockfile"
+    with wrapped(lockfile, "--flock") as (proc, command):
+        kill_9(proc.pid)
+        assert proc.wait(timeout=WAIT) == -signal.SIGKILL
+        assert running(command)
+        assert fcntl_probe(str(lockfile)) == "busy"
+        assert subprocess.run([FLOCK, "-n", str(lockfile), "true"]).returncode == 1
+        kinds = {(h["pid"], h["kind"]) for h in json.loads(
+            run("locks", "--json", str(lockfile)).stdout)}
+        assert {(command, "ofd"), (command, "flock")} <= kinds
+        kill_9(command)
+        eventually_free(lockfile)
+    assert subprocess.run([FLOCK, "-n", str(lockfile), "true"]).returncode == 0
