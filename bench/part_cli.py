@@ -19,8 +19,9 @@ and ``python -m latchwire`` beside it for the lock; bytecode caching is on
 (PYTHONDONTWRITEBYTECODE dropped, PYTHONPYCACHEPREFIX in the run's work directory,
 filled by an untimed first run), as an installed package has it. Where the package
 imports without site (``python -S``, which PYTHONPATH allows), the lock is also timed
-so, beside ``python -S -c pass``: what the command costs without whatever this
-machine's site-packages .pth files import at every interpreter start.
+so, beside ``python -S -c pass``, and so are the routes: what the command costs
+without whatever this machine's site-packages .pth files import at every interpreter
+start.
 
 Memory is also read as growth: each command's peak with 100,000 routes less its
 peak showing the namespace's two IPv6 routes (``-6``), the part that grows with the
@@ -148,18 +149,31 @@ def latchwire(*args: str, site: bool = True) -> tuple[str, ...]:
     return (sys.executable, *(() if site else ("-S",)), "-c", ENTRY, *args)
 
 
+def imports_without_site(env: dict[str, str]) -> bool:
+    """Whether latchwire's command imports under python -S (PYTHONPATH, not site-packages)."""
+    return subprocess.run([sys.executable, "-S", "-c", "import latchwire.cli"], env=env,
+                          capture_output=True, check=False).returncode == 0
+
+
 def routes_sections(s: Settings, env: dict[str, str]) -> list[Section]:
     lw = latchwire("ip", "routes")
+    bare = latchwire("ip", "routes", site=False)
+    without_site = imports_without_site(env)
     sections = []
     with bench_netns() as netns:
         load_routes(netns, 0, ROUTES, s.workdir, rtnl.RT_TABLE_MAIN)
-        for name, ours, peer, theirs, args in (
-                (LW_JSON, (*lw, "--json"), IP_JSON, ("ip", "-j"), ("route", "show")),
-                (LW_TEXT, lw, IP_TEXT, ("ip",), ("route", "show"))):
+        for name, ours, ours_s, peer, theirs, args in (
+                (LW_JSON, (*lw, "--json"), (*bare, "--json"), IP_JSON, ("ip", "-j"),
+                 ("route", "show")),
+                (LW_TEXT, lw, bare, IP_TEXT, ("ip",), ("route", "show"))):
             notes: list[str] = []
             commands = [Command(PY_PASS, "floor", (sys.executable, "-c", "pass")),
                         Command(peer, "peer", (*theirs, "-n", netns, *args)),
                         Command(name, "latchwire", (*ours, "--netns", netns))]
+            if without_site:
+                commands += [Command(PY_PASS_S, "floor", (sys.executable, "-S", "-c", "pass")),
+                             Command(f"{name}, python -S", "latchwire",
+                                     (*ours_s, "--netns", netns))]
             rows = measured(commands, ROUNDS_QUICK if s.quick else ROUNDS, env, notes)
             section = Section("cli", f"{name}, {ROUTES:,} routes, whole process", "ms",
                               rows, [peer], columns=["peak RSS MB"], notes=notes)
@@ -193,6 +207,15 @@ def routes_conclusions(section: Section, name: str, peer: str, netns: str,
         f"{float(py.details['peak RSS MB']):.1f} MB)",
         f"peak RSS grown from 2 routes to {ROUTES:,}: {name} {grown:+.1f} MB, "
         f"{peer} {ip_grown:+.1f} MB (routes are written as they arrive, never all held)"]
+    if any(row.name == f"{name}, python -S" for row in section.rows):
+        bare = section.row(f"{name}, python -S")
+        ratio_s = bare.median / ip.median
+        section.conclusions.append(
+            f"{name}, python -S: {ratio_s:.2f}x {peer}'s time; target ≤ {ROUTES_TARGET:g}x: "
+            f"{verdict(ratio_s, ROUTES_TARGET, at_most=True)} ({PY_PASS_S} alone: "
+            f"{section.row(PY_PASS_S).median:.1f} ms; peak RSS "
+            f"{float(bare.details['peak RSS MB']) / float(ip.details['peak RSS MB']):.1f}x "
+            f"{peer}'s)")
     add_guard(section, f"{name} / {peer}", ratio, ROUTES_GUARD)
     add_guard(section, f"{name}: peak RSS growth to {ROUTES:,} routes", grown, GROWTH_GUARD,
               unit="MB")
@@ -208,8 +231,7 @@ def lock_section(s: Settings, env: dict[str, str]) -> Section:
                 Command(PY_IMPORT, "latchwire", (sys.executable, "-c", "import latchwire")),
                 Command(LW_LOCK, "latchwire", latchwire(*lock)),
                 Command(LW_LOCK_M, "latchwire", (sys.executable, "-m", "latchwire", *lock))]
-    without_site = subprocess.run([sys.executable, "-S", "-c", "import latchwire.cli"],
-                                  env=env, capture_output=True, check=False).returncode == 0
+    without_site = imports_without_site(env)
     if without_site:
         commands += [Command(PY_PASS_S, "floor", (sys.executable, "-S", "-c", "pass")),
                      Command(LW_LOCK_S, "latchwire", latchwire(*lock, site=False))]

@@ -9,7 +9,6 @@ on a hot path. Lockspaces live in ``latchwire.lockspace``; ``LockSpace``,
 from __future__ import annotations
 
 import collections
-import contextlib
 import os
 import threading
 from collections.abc import Generator, Iterator
@@ -106,9 +105,11 @@ class _AsyncAcquire:
         lock = self._lock
         import asyncio  # here: a program that never awaits a lock does not load asyncio
 
-        with contextlib.suppress(LockBusy):
+        try:  # not contextlib.suppress: contextlib is an import latchwire lock need not make
             lock._acquire_detached(False, None, self._shared)
             return lock
+        except LockBusy:
+            pass
         loop = asyncio.get_running_loop()
         waiter = _Waiter(lock, self._timeout, self._shared, loop)
         try:
