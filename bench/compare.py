@@ -15,8 +15,9 @@ dumps). Each part is a module of its own beside it, its docstring saying what it
 compares against what: ``part_filelock.py``, ``part_lockspace.py``, ``part_locks.py``
 (rwlock, alias mutex), ``part_objects.py``, ``part_netlink.py`` (dump) and
 ``part_rtnl.py`` (routes, links), the last three with the namespaces of
-``netns_setup.py``. The pytest-benchmark suites (``test_bench_*.py``) import their
-workloads from the same modules.
+``netns_setup.py``, and ``part_cli.py`` (cli: the command, whole processes). The
+pytest-benchmark suites (``test_bench_*.py``) import their workloads from the same
+modules.
 
 Parts. Each part is a function that takes the run's ``Settings`` and returns its
 ``Section``s, registered in ``PARTS`` by one ``Part`` line (name, function, what it
@@ -38,6 +39,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import part_cli
 import part_filelock
 import part_locks
 import part_lockspace
@@ -85,6 +87,9 @@ PARTS = (
     Part("links", part_rtnl.links_part,
          "a decoded rtnl link dump against the recv_into floor, ip -j and pyroute2 "
          "(root and ip)"),
+    Part("cli", part_cli.cli_part,
+         "the latchwire command, whole processes: ip routes (--json) against ip (-j) route "
+         "show on 100,000 routes (root and ip), lock FILE -- true against flock(1)"),
 )
 
 

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from lwnetns import BASIC_SETUP, drop_netns, make_netns
 from lwtest import BOUND, LATCHWIRE, need
 from lwtest import run_cli as run
 
@@ -158,37 +159,58 @@ def test_fields_ip_shows_are_all_there(ns: str) -> None:
         "10.1.0.1", 24, "10.1.0.255", "lwbr0:a")
 
 
-def test_text_output_matches_ip_lines(ns: str) -> None:
-    """Single-path routes print as ip prints them (whitespace aside)."""
-    done = run("ip", "routes", "--netns", ns)
+@pytest.mark.parametrize(("ours", "theirs"), [
+    (("routes",), ("route", "show")),
+    (("routes", "--table", "all"), ("route", "show", "table", "all")),
+    (("routes", "-6", "--table", "all"), ("-6", "route", "show", "table", "all")),
+    (("routes", "--table", "100"), ("route", "show", "table", "100")),
+    (("routes", "-6", "--table", "7"), ("-6", "route", "show", "table", "7")),
+], ids=["main", "all", "all6", "table", "table6"])
+@pytest.mark.parametrize("form", ["text", "json"])
+def test_routes_print_byte_for_byte_what_ip_prints(ns: str, ours: tuple[str, ...],
+                                                   theirs: tuple[str, ...], form: str) -> None:
+    """Routes (multipath, blackhole, onlink, metrics, IPv6 preferences, other tables)
+    come out as ip prints them, to the byte: text and ip -j's JSON."""
+    done = run("ip", *ours, *(["--json"] if form == "json" else []), "--netns", ns)
     assert done.returncode == 0, done.stderr
-    ours = {" ".join(line.split()) for line in done.stdout.splitlines()
-            if "nexthop" not in line}
-    theirs = {" ".join(line.split()) for line in ip(ns, "route", "show").splitlines()
-              if line.strip() and not line.startswith(("\t", "10.3.0.0/16"))}
-    assert ours == theirs
+    expected = ip(ns, *(["-j"] if form == "json" else []), *theirs)
+    assert done.stdout.splitlines() == expected.splitlines()
+    assert done.stdout == expected
 
 
-def test_errors_exit_1_with_one_line() -> None:
-    done = run("ip", "links", "--netns", f"lwtest-missing-{secrets.token_hex(4)}")
-    assert done.returncode == 1
-    assert len(done.stderr.splitlines()) == 1 and "No such file" in done.stderr
-    bad_table = run("ip", "routes", "--table=-3")
-    assert bad_table.returncode == 2 and "neither 'all' nor a table number" in bad_table.stderr
+@pytest.mark.parametrize("form", [(), ("--json",)], ids=["text", "json"])
+def test_a_closed_pipe_ends_it_quietly_as_ip(form: tuple[str, ...]) -> None:
+    """latchwire ip routes | head: no "Broken pipe" message; it dies of SIGPIPE, as ip
+    does (the same namespace, the same reader, ip alongside)."""
+    lines = [f"route add 10.9.{i >> 8}.{i & 255}/32 dev veth0" for i in range(5000)]
+    netns = make_netns([*BASIC_SETUP, *lines])
+    try:
+        assert IP is not None
+        ended = []
+        for argv in ([*LATCHWIRE, "ip", "routes", *form, "--netns", netns.name],
+                     [IP, *(["-j"] if form else []), "-n", netns.name, "route", "show"]):
+            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            assert proc.stdout is not None and proc.stderr is not None
+            assert proc.stdout.read(100)  # more than 64 KiB follows: the writer blocks
+            proc.stdout.close()
+            err = proc.stderr.read()
+            ended.append((proc.wait(timeout=BOUND), err))
+        assert ended == [(-signal.SIGPIPE, b"")] * 2
+    finally:
+        drop_netns(netns)
 
 
-class Monitor:
-    """``latchwire monitor --json`` in a namespace, read line by line."""
+class Lines:
+    """A monitoring process's output, read line by line (text)."""
 
-    def __init__(self, ns: str, *objects: str) -> None:
-        self.proc = subprocess.Popen([*LATCHWIRE, "monitor", "--json", "--netns", ns, *objects],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    def __init__(self, argv: list[str]) -> None:
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         assert self.proc.stdout is not None
         self.fd = self.proc.stdout.fileno()
         self.pending = b""  # read but not yet split into lines
 
-    def line(self, timeout: float) -> dict[str, Any] | None:
-        """The next event, or None if none within timeout."""
+    def text(self, timeout: float) -> str | None:
+        """The next line, or None if none within timeout."""
         deadline = time.monotonic() + timeout
         while b"\n" not in self.pending:
             ready, _, _ = select.select([self.fd], [], [], max(0.0, deadline - time.monotonic()))
@@ -198,6 +220,34 @@ class Monitor:
             assert chunk, f"monitor ended: {self.proc.stderr.read() if self.proc.stderr else b''!r}"
             self.pending += chunk
         text, self.pending = self.pending.split(b"\n", 1)
+        return text.decode()
+
+    def until_text(self, predicate: Any, what: str) -> str:
+        deadline = time.monotonic() + BOUND
+        while time.monotonic() < deadline:
+            line = self.text(deadline - time.monotonic())
+            if line is not None and predicate(line):
+                return line
+        raise AssertionError(f"{self.proc.args[0]} never printed {what}")
+
+    def stop(self) -> int:
+        # SIGTERM, as a supervisor stops it: SIGINT may be ignored by inheritance
+        # (a job started in the background of a non-interactive shell).
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=BOUND)
+
+
+class Monitor(Lines):
+    """``latchwire monitor --json`` in a namespace, read event by event."""
+
+    def __init__(self, ns: str, *objects: str) -> None:
+        super().__init__([*LATCHWIRE, "monitor", "--json", "--netns", ns, *objects])
+
+    def line(self, timeout: float) -> dict[str, Any] | None:
+        """The next event, or None if none within timeout."""
+        text = self.text(timeout)
+        if text is None:
+            return None
         event: dict[str, Any] = json.loads(text)
         return event
 
@@ -209,11 +259,22 @@ class Monitor:
                 return event
         raise AssertionError(f"monitor never printed {what}")
 
-    def stop(self) -> int:
-        # SIGTERM, as a supervisor stops it: SIGINT may be ignored by inheritance
-        # (a job started in the background of a non-interactive shell).
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=BOUND)
+
+def listening(monitors: list[Lines], change: Any) -> int:
+    """Make changes (change(i) for i = 0, 1, ...) until every monitor has printed a
+    line: they all listen from then on (none says when it starts to). How many."""
+    deadline = time.monotonic() + BOUND
+    heard = [False] * len(monitors)
+    attempt = 0
+    while not all(heard):
+        assert time.monotonic() < deadline, "a monitor printed nothing"
+        change(attempt)
+        attempt += 1
+        pause = time.monotonic() + 0.5
+        for i, monitor in enumerate(monitors):
+            while monitor.text(max(0.0, pause - time.monotonic())) is not None:
+                heard[i] = True
+    return attempt
 
 
 def test_monitor_prints_changes_made_with_ip(ns: str) -> None:
@@ -250,3 +311,74 @@ def test_monitor_prints_changes_made_with_ip(ns: str) -> None:
             subprocess.run([IP or "ip", "-n", ns, "link", "del", f"lwmon{i}"], check=False,
                            capture_output=True, timeout=30)
     assert status == -signal.SIGTERM
+
+
+def test_monitor_names_a_bridge_fdb_entry_before_its_link_as_ip(ns: str) -> None:
+    """A bridge's own FDB entry (an AF_BRIDGE neighbour) is announced before the bridge's
+    RTM_NEWLINK: it is printed with the bridge's name, asked of the kernel as ip asks,
+    and without a dst (it has none): as ip -j -f bridge neigh shows the entry, and as
+    ip monitor prints it."""
+    assert IP is not None
+    ours, ours_text = Monitor(ns, "neigh"), Lines([*LATCHWIRE, "monitor", "--netns", ns, "neigh"])
+    theirs = Lines([IP, "-n", ns, "monitor", "neigh"])
+    made = 0
+    try:
+        made = listening([ours, ours_text, theirs],
+                         lambda i: ip(ns, "link", "add", f"lwfdb{i}", "type", "bridge"))
+        ip(ns, "link", "add", "lwfdbx", "type", "bridge")
+        mac = json.loads(ip(ns, "-j", "link", "show", "lwfdbx"))[0]["address"]
+        event = ours.until(lambda e: e.get("lladdr") == mac, "the bridge's FDB entry")
+        shown = [e for e in json.loads(ip(ns, "-j", "-f", "bridge", "neigh", "show"))
+                 if e.get("lladdr") == mac]
+        assert event == {"dev": "lwfdbx", "lladdr": mac, "state": ["PERMANENT"]}
+        assert shown == [event]
+        mine = ours_text.until_text(lambda line: mac in line, "the bridge's FDB entry")
+        expected = theirs.until_text(lambda line: mac in line, "the bridge's FDB entry")
+        assert mine.split() == expected.split() == ["dev", "lwfdbx", "lladdr", mac, "PERMANENT"]
+    finally:
+        for monitor in (ours, ours_text, theirs):
+            monitor.stop()
+        for name in ["lwfdbx", *(f"lwfdb{i}" for i in range(made))]:
+            subprocess.run([IP, "-n", ns, "link", "del", name], check=False,
+                           capture_output=True, timeout=30)
+
+
+def test_addresses_with_a_finite_lifetime_are_dynamic_as_ip_says(ns: str) -> None:
+    """ip -j marks an address without IFA_F_PERMANENT (one given a lifetime) "dynamic",
+    IPv4 or IPv6: so do latchwire monitor and latchwire ip addrs, with every other key
+    ip -j gives (life times counted down by the time ip reads them)."""
+    monitor = Monitor(ns, "addr")
+    added: list[str] = []
+
+    def add(address: str) -> None:
+        nodad = ["nodad"] if ":" in address else []  # no DAD: its flags stay as they are
+        ip(ns, "addr", "add", address, "dev", "lwbr0", "valid_lft", "1000", "preferred_lft", "500",
+           *nodad)
+        added.append(address)
+
+    try:
+        listening([monitor], lambda i: add(f"10.99.{i}.1/24"))
+        for address, local in (("10.98.0.1/24", "10.98.0.1"), ("2001:db8:98::1/64",
+                                                               "2001:db8:98::1")):
+            add(address)
+            event = monitor.until(lambda e, local=local: e.get("local") == local, address)
+            listed = {i["local"]: i for e in latchwire_json(ns, "addrs") if e["ifname"] == "lwbr0"
+                      for i in e["addr_info"]}[local]
+            theirs = [i for e in json.loads(ip(ns, "-j", "addr", "show", "dev", "lwbr0"))
+                      for i in e["addr_info"] if i["local"] == local]
+            assert len(theirs) == 1
+            for ours in (listed, {k: v for k, v in event.items() if k not in ("ifindex",
+                                                                               "ifname")}):
+                assert ours["dynamic"] is True
+                assert ours.keys() == theirs[0].keys()
+                for key, value in theirs[0].items():
+                    if key.endswith("life_time"):
+                        assert 0 <= value <= ours[key] <= {"valid": 1000, "preferred": 500}[
+                            key.split("_")[0]]
+                    else:
+                        assert ours[key] == value, key
+    finally:
+        monitor.stop()
+        for address in added:
+            subprocess.run([IP or "ip", "-n", ns, "addr", "del", address, "dev", "lwbr0"],
+                           check=False, capture_output=True, timeout=30)

@@ -6,16 +6,22 @@
 - No module grows past about 800 lines outside the compiled core, in the package or in
   bench/ (the runner, its measuring helpers, one module per part, the suites).
 - Every public name stays importable from where it used to be.
+- ``import latchwire`` (and the ``lock`` command) loads neither asyncio nor the
+  netlink layer until they are used.
 """
 
 from __future__ import annotations
 
 import ast
 import importlib
+import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from lwtest import child_env
 
 import latchwire
 
@@ -149,3 +155,43 @@ def test_engine_modules_stay_where_they_were(old: str, new: str, name: str) -> N
     except ImportError as exc:
         pytest.skip(f"{new} needs its client: {exc}")
     assert getattr(importlib.import_module(old), name) is getattr(moved, name)
+
+
+# Loaded only once used: what ``import latchwire`` and the lock command must not load.
+LAZY = ("asyncio", "dataclasses", "latchwire.netlink", "latchwire.rtnl", "latchwire.genl",
+        "latchwire.lockspace")
+
+
+@pytest.mark.parametrize("imports", ["latchwire", "latchwire.cli, latchwire.cli.lock"],
+                         ids=["package", "lock command"])
+def test_import_loads_no_asyncio_nor_netlink(imports: str) -> None:
+    """A fresh interpreter: importing the package, or what ``latchwire lock``
+    runs, and taking FileLock, leaves asyncio, dataclasses, the netlink layer and
+    the lockspaces out of sys.modules."""
+    code = (f"import sys, {imports}; import latchwire; latchwire.FileLock, latchwire.Mutex; "
+            f"print(__import__('json').dumps([m for m in {LAZY!r} if m in sys.modules]))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=child_env(), timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == []
+
+
+def test_lazy_names_come_when_asked() -> None:
+    """Every name the package exports still comes, from a fresh interpreter: the
+    modules as attributes and in from-imports, the lockspace names from the
+    package and from latchwire.locking, and dir() lists them."""
+    code = ("import latchwire, sys; from latchwire import rtnl, genl; import latchwire.locking; "
+            "assert latchwire.rtnl is rtnl and latchwire.genl is genl; "
+            "assert latchwire.netlink.Socket and rtnl.Route and 'asyncio' not in sys.modules; "
+            "from latchwire.lockspace import LockSpace, Lease, resource_name; "
+            "assert latchwire.LockSpace is LockSpace is latchwire.locking.LockSpace; "
+            "assert latchwire.Lease is Lease and latchwire.resource_name is resource_name; "
+            "assert latchwire.locking.lease_owner and latchwire.locking.Lease is Lease; "
+            "assert set(latchwire.__all__) <= set(dir(latchwire)); "
+            "assert all(getattr(latchwire, n) is not None for n in latchwire.__all__); "
+            "print('ok')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=child_env(), timeout=60, check=False)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+    with pytest.raises(AttributeError):
+        latchwire.no_such_name  # noqa: B018

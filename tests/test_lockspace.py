@@ -729,7 +729,7 @@ def test_cli_locks_lists_a_lockspace_holder(
 
 def test_cli_locks_text_is_one_line_per_holder(tmp_path: Path) -> None:
     """A holder whose command line has newlines in it (python -c with a script) still
-    makes one line of five tab-separated fields."""
+    makes one line of five tab-separated fields, under the header line."""
     directory = tmp_path / "locks"
     LockSpace(directory)
     script = ("import os, sys\nfrom latchwire import LockSpace\n"
@@ -746,8 +746,9 @@ def test_cli_locks_text_is_one_line_per_holder(tmp_path: Path) -> None:
         holder.wait(WAIT)
     assert listed.returncode == 0, listed.stderr
     lines = listed.stdout.splitlines()
-    assert len(lines) == 1, lines
-    fields = lines[0].split("\t")
+    assert len(lines) == 2, lines
+    assert lines[0] == "PATH\tPID\tMODE\tKIND\tCOMMAND"
+    fields = lines[1].split("\t")
     assert fields[:4] == [str(directory / "disk"), str(holder.pid), "exclusive", "ofd"]
     assert len(fields) == 5, fields
 

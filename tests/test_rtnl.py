@@ -564,6 +564,33 @@ def test_route_tables_and_families_select_what_ip_shows(world: Netns) -> None:
                 ip.addresses(bad_family)
 
 
+def test_route_batches_stream_what_routes_returns(world: Netns) -> None:
+    """route_batches() yields what routes() returns, a received datagram's routes at a
+    time, for every family and table choice (the fallback filter of a kernel that does
+    not filter by table included); it checks its arguments before any dump, and a stream
+    abandoned midway leaves the Route usable."""
+    with rtnl.Route(world.name) as ip:
+        for family, table in ((AF_INET, None), (AF_INET, TABLE), (AF_INET6, TABLE_BIG),
+                              (None, "all"), (None, TABLE)):
+            batches = list(ip.route_batches(family, table))
+            assert Counter(r for batch in batches for r in batch) == Counter(
+                ip.routes(family, table)), (family, table)
+        assert len(list(ip.route_batches(AF_INET, "all"))) > 10
+        for bad in ("main", 0, -1, 2**32, 1.5):
+            with pytest.raises(ValueError):
+                ip.route_batches(table=bad)  # type: ignore[arg-type]
+        with pytest.raises(ValueError):
+            ip.route_batches(socket.AF_PACKET)
+        stream = ip.route_batches(AF_INET, "all")
+        assert next(stream)
+        stream.close()
+        kernel_filtered = ip.routes(AF_INET, table=TABLE)
+        ip._sock.close()  # a non-strict socket: the kernel does not filter, batches do
+        ip._sock = Socket(netlink.NETLINK_ROUTE, netns=world.name, strict=False)
+        assert Counter(r for batch in ip.route_batches(AF_INET, TABLE) for r in batch) == (
+            Counter(kernel_filtered))
+
+
 def test_the_kernel_filters_table_dumps_and_the_fallback_filters_alike(world: Netns) -> None:
     """On this kernel a strict socket's dump is filtered by table (NLM_F_DUMP_FILTERED);
     a non-strict socket gets every table, and routes() then filters by itself."""

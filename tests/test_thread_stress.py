@@ -14,14 +14,16 @@ test, so if the lock holds, the counts are exact on any interpreter.
 from __future__ import annotations
 
 import os
+import struct
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from lwtest import BOUND, new_lock
 
-from latchwire import Lockable, Mutex, ObjectList, RWLock
+from latchwire import Lockable, Mutex, ObjectList, RWLock, _core, ipjson
 
 OPS = int(os.environ.get("LATCHWIRE_STRESS_OPS", "20000"))
 THREADS = 8
@@ -148,3 +150,42 @@ def test_objectlist_eight_threads() -> None:
     run_threads(THREADS, work, 120 + ops / 200)
     assert counts["shared"] == THREADS * ops
     assert len(doms) == 1
+
+
+class SlowNames(dict[int, str]):
+    """Link names that make each lookup give up the GIL (and never remember)."""
+
+    def __missing__(self, index: int) -> str:
+        time.sleep(0)
+        return f"link{index}"
+
+
+def route_messages(count: int) -> bytes:
+    """count RTM_NEWROUTE messages: 10.i/32 via oif i+1, table main."""
+    out = b""
+    for i in range(count):
+        attrs = (struct.pack("=HH4s", 8, 1, bytes([10, i >> 16 & 255, i >> 8 & 255, i & 255]))
+                 + struct.pack("=HHI", 8, 4, i + 1) + struct.pack("=HHI", 8, 15, 254))
+        body = struct.pack("=BBBBBBBBI", 2, 32, 0, 0, 254, 4, 253, 1, 0) + attrs
+        out += struct.pack("=IHHII", 16 + len(body), 24, 2, 1, 0) + body
+    return out
+
+
+@pytest.mark.parametrize("as_json", [False, True], ids=["text", "json"])
+def test_route_format_shared_by_eight_threads(as_json: bool) -> None:
+    """One RouteFormat rendering in 8 threads at once, its names lookups giving up the
+    GIL mid-route: every render is what one thread alone writes (each has its own buffer)."""
+    routes = _core.decode(route_messages(200))
+    fmt = ipjson.route_format(SlowNames(), as_json)
+    expected = fmt.render(routes)
+    assert expected.count(b"link200") == 1
+    rounds = max(5, OPS // 1000)
+    bad = []
+
+    def work(_: int) -> None:
+        for _n in range(rounds):
+            if fmt.render(routes) != expected:
+                bad.append(1)
+
+    run_threads(THREADS, work, 120 + rounds)
+    assert bad == []

@@ -2,7 +2,7 @@
 
 import builtins
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import Any, Literal, Self, final
 
@@ -428,3 +428,25 @@ class Neighbour:
     def dst(self) -> builtins.str | None: ...
     @property
     def lladdr(self) -> builtins.str | None: ...
+
+@final
+class RouteFormat:
+    @property
+    def json(self) -> bool: ...
+    @property
+    def show_table(self) -> bool: ...
+    def __init__(
+        self,
+        names: Mapping[int, str],
+        json: bool,
+        types: Iterable[str],
+        protocols: Iterable[str],
+        scopes: Iterable[str],
+        prefs: Iterable[str],
+        dsfields: Iterable[str],
+        tables: Mapping[int, str],
+        flags: Iterable[tuple[int, str]],
+        *,
+        show_table: bool = True,
+    ) -> None: ...
+    def render(self, routes: list[RouteEntry]) -> bytes: ...

@@ -18,6 +18,8 @@ own modules cannot. One concept per included file:
   message and attribute parser.
 - _rtnl.pxi: rtnetlink records (links, addresses, routes, neighbours) decoded
   in one pass over a received datagram.
+- _ipfmt.pxi: routes written out as ip and ip -j print them (RouteFormat), for
+  the command line.
 
 The rule for all of them: shared lock state changes under a C lock (an
 lw_mutex) or with atomics (_sync.pxd), never because the GIL happens to be held,
@@ -92,3 +94,4 @@ include "_filelock.pxi"
 include "_mutex.pxi"
 include "_netlink.pxi"
 include "_rtnl.pxi"
+include "_ipfmt.pxi"

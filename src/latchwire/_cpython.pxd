@@ -35,3 +35,4 @@ cdef extern from "Python.h":
 
 cdef extern from "Python.h":
     object PyUnicode_DecodeFSDefault(const char *s)
+    bytes PyUnicode_EncodeFSDefault(object unicode)

@@ -4,19 +4,26 @@ Each function turns a record into the dict ``ip -j`` would print for it (same
 keys, same value formats, same omissions of default values), so that a
 script can switch from parsing ``ip -j`` to ``latchwire ip --json``; the text
 forms are one line a record in ``ip``'s layout. ``names`` maps link indexes to
-names (for ``dev``, ``master`` and ``link``); ``flags`` maps them to IFF_*
-flags (for a veth's M-DOWN).
+names (for ``dev``, ``master`` and ``link``): a ``Names``, which, like ip,
+asks for a link it does not know and calls one that does not exist ``ifN``;
+``flags`` maps them to IFF_* flags (for a veth's M-DOWN).
+
+Routes, of which there may be 100,000, are written by the compiled
+``RouteFormat`` (``route_format()``), straight to text or JSON, with the names
+below; the other records go through dicts.
 """
 
 from __future__ import annotations
 
+import json
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from latchwire._core import Address, Link, Neighbour, NextHop, RouteEntry
+from latchwire._core import Address, Link, Neighbour, RouteEntry, RouteFormat
 
-__all__ = ["address_json", "link_json", "neighbour_json", "record_json", "route_json", "text"]
+__all__ = ["Names", "address_json", "link_json", "neighbour_json", "record_json",
+           "route_format", "route_json", "text"]
 
 Json = dict[str, Any]
 
@@ -35,22 +42,23 @@ _LINK_TYPES = {1: "ether", 772: "loopback", 65534: "none", 776: "sit", 768: "ipi
 _LINKMODES = ("DEFAULT", "DORMANT", "TESTING")
 _SCOPES = {0: "global", 200: "site", 253: "link", 254: "host", 255: "nowhere"}
 _TABLES = {253: "default", 254: "main", 255: "local"}
-_ROUTE_TYPES = ("unspec", "unicast", "local", "broadcast", "anycast", "multicast",
+_ROUTE_TYPES = ("none", "unicast", "local", "broadcast", "anycast", "multicast",
                 "blackhole", "unreachable", "prohibit", "throw", "nat", "xresolve")
 _PROTOCOLS = {0: "unspec", 1: "redirect", 2: "kernel", 3: "boot", 4: "static", 8: "gated",
               9: "ra", 10: "mrt", 11: "zebra", 12: "bird", 13: "dnrouted", 14: "xorp",
               15: "ntk", 16: "dhcp", 17: "mrouted", 18: "keepalived", 42: "babel",
               99: "openr", 186: "bgp", 187: "isis", 188: "ospf", 189: "rip", 192: "eigrp"}
-# RTNH_F_* and RTM_F_* of rtm_flags / rtnh_flags, as ip names them.
-_ROUTE_FLAGS = ((1, "dead"), (2, "pervasive"), (4, "onlink"), (8, "offload"), (64, "trap"),
-                (0x100, "notify"), (16, "linkdown"), (32, "unresolved"),
-                (0x20000000, "rt_offload_failed"))
+# RTNH_F_* and RTM_F_* of rtm_flags / rtnh_flags, as ip names them, in ip's order.
+_ROUTE_FLAGS = ((1, "dead"), (4, "onlink"), (2, "pervasive"), (8, "offload"), (64, "trap"),
+                (0x100, "notify"), (16, "linkdown"), (32, "unresolved"), (0x4000, "rt_offload"),
+                (0x8000, "rt_trap"), (0x20000000, "rt_offload_failed"))
 _PREFS = {0: "medium", 1: "high", 3: "low"}
-# IFA_F_* that ip -j shows as true-valued keys.
+# IFA_F_* that ip -j shows as true-valued keys, in bit order (permanent: see address_info).
 _ADDR_FLAGS = ((0x01, "secondary"), (0x02, "nodad"), (0x04, "optimistic"),
                (0x08, "dadfailed"), (0x10, "home"), (0x20, "deprecated"), (0x40, "tentative"),
-               (0x100, "mngtmpaddr"), (0x200, "noprefixroute"), (0x400, "autojoin"),
-               (0x800, "stable-privacy"))
+               (0x80, "permanent"), (0x100, "mngtmpaddr"), (0x200, "noprefixroute"),
+               (0x400, "autojoin"), (0x800, "stable-privacy"))
+IFA_F_SECONDARY = 0x01
 IFA_F_PERMANENT = 0x80
 _NUD_STATES = ((0x01, "INCOMPLETE"), (0x02, "REACHABLE"), (0x04, "STALE"), (0x08, "DELAY"),
                (0x10, "PROBE"), (0x20, "FAILED"), (0x40, "NOARP"), (0x80, "PERMANENT"))
@@ -63,16 +71,73 @@ _STATS_TX = (("bytes", "tx_bytes"), ("packets", "tx_packets"), ("errors", "tx_er
              ("collisions", "collisions"))
 
 
+_ETC = "/etc/iproute2"
+
+
+class Names(dict[int, str]):
+    """Link names by index. A missing one is looked up with ``resolve(index)``
+    (the kernel's answer, remembered) and, when that finds nothing, shown as
+    ip shows a link that is gone: ``ifN``."""
+
+    def __init__(self, links: Iterable[Link] = (),
+                 resolve: Callable[[int], str | None] | None = None) -> None:
+        super().__init__((link.index, link.name) for link in links)
+        self._resolve = resolve
+
+    def __missing__(self, index: int) -> str:
+        name = self._resolve(index) if self._resolve is not None else None
+        if name is None:
+            return f"if{index}"
+        self[index] = name
+        return name
+
+
+def _name(names: Mapping[int, str], index: int) -> str:
+    try:
+        return names[index]
+    except KeyError:
+        return f"if{index}"
+
+
 def _family_name(family: int) -> str:
     return "inet" if family == socket.AF_INET else "inet6"
 
 
-def _prefix(address: str | None, length: int, family: int) -> str:
-    """ip's dst: "default", a bare host address, or address/length."""
-    if address is None and length == 0:
-        return "default"
-    host = 32 if family == socket.AF_INET else 128
-    return f"{address}" if length == host else f"{address}/{length}"
+def _iproute2_names(file: str, known: Mapping[int, str]) -> dict[int, str]:
+    """known, with what iproute2's configuration file (rt_tables, rt_dsfield:
+    "NUMBER NAME" lines) names, as ip reads them; known alone if it cannot be read."""
+    out = dict(known)
+    try:
+        with open(f"{_ETC}/{file}", encoding="utf-8", errors="replace") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        words = line.split("#", 1)[0].split()
+        if len(words) >= 2:
+            try:
+                out[int(words[0], 0)] = words[1]
+            except ValueError:
+                continue
+    return out
+
+
+def _names_256(known: Mapping[int, str], hexadecimal: bool = False) -> list[str]:
+    return [known.get(i, f"0x{i:02x}" if hexadecimal else str(i)) for i in range(256)]
+
+
+def route_format(names: Mapping[int, str], as_json: bool, one_table: bool = False
+                 ) -> RouteFormat:
+    """The compiled writer of routes as ``ip route show`` (or ``ip -j``, with
+    as_json) prints them, naming links through names and everything else as ip
+    names it (table and TOS names from /etc/iproute2 as well); one_table: the
+    routes of one table asked for, whose table ip does not print."""
+    types = dict(enumerate(_ROUTE_TYPES))
+    return RouteFormat(names, as_json, _names_256(types), _names_256(_PROTOCOLS),
+                       _names_256(_SCOPES), _names_256(_PREFS),
+                       _names_256(_iproute2_names("rt_dsfield", {}), hexadecimal=True),
+                       _iproute2_names("rt_tables", _TABLES), _ROUTE_FLAGS,
+                       show_table=not one_table)
 
 
 def link_flags(link: Link, flags: Mapping[int, int]) -> list[str]:
@@ -100,7 +165,7 @@ def link_json(link: Link, names: Mapping[int, str], flags: Mapping[int, int]) ->
     if link.qdisc:
         out["qdisc"] = link.qdisc
     if link.master is not None:
-        out["master"] = names.get(link.master, link.master)
+        out["master"] = _name(names, link.master)
     out["operstate"] = link.operstate
     if link.linkmode is not None:
         out["linkmode"] = (_LINKMODES[link.linkmode] if link.linkmode < len(_LINKMODES)
@@ -142,9 +207,13 @@ def address_info(addr: Address) -> Json:
     if addr.broadcast is not None:
         out["broadcast"] = addr.broadcast
     out["scope"] = _SCOPES.get(addr.scope, str(addr.scope))
-    if addr.family == socket.AF_INET6 and not addr.flags & IFA_F_PERMANENT:
-        out["dynamic"] = True
-    out.update((name, True) for bit, name in _ADDR_FLAGS if addr.flags & bit)
+    for bit, name in _ADDR_FLAGS:  # as ip: in bit order, "dynamic" where "permanent" is not
+        if bit == IFA_F_PERMANENT:
+            if not addr.flags & bit:
+                out["dynamic"] = True
+        elif addr.flags & bit:
+            secondary6 = bit == IFA_F_SECONDARY and addr.family == socket.AF_INET6
+            out["temporary" if secondary6 else name] = True
     if addr.label:
         out["label"] = addr.label
     if addr.valid_lft is not None:
@@ -155,56 +224,19 @@ def address_info(addr: Address) -> Json:
 
 def address_json(addr: Address, names: Mapping[int, str]) -> Json:
     """An address on its own (monitor): its link, then the addr_info entry."""
-    return {"ifindex": addr.index, "ifname": names.get(addr.index, str(addr.index)),
-            **address_info(addr)}
-
-
-def _nexthop_json(hop: NextHop, names: Mapping[int, str]) -> Json:
-    out: Json = {}
-    if hop.gateway is not None:
-        out["gateway"] = hop.gateway
-    out["dev"] = names.get(hop.oif, str(hop.oif))
-    out["weight"] = hop.weight
-    out["flags"] = [name for bit, name in _ROUTE_FLAGS if hop.flags & bit]
-    return out
+    return {"ifindex": addr.index, "ifname": _name(names, addr.index), **address_info(addr)}
 
 
 def route_json(route: RouteEntry, names: Mapping[int, str]) -> Json:
-    """``ip -j route show table all`` for one route."""
-    out: Json = {}
-    if route.type != 1:
-        out["type"] = (_ROUTE_TYPES[route.type] if route.type < len(_ROUTE_TYPES)
-                       else str(route.type))
-    out["dst"] = _prefix(route.dst, route.dst_len, route.family)
-    if route.src is not None:
-        out["from"] = _prefix(route.src, route.src_len, route.family)
-    if route.gateway is not None:
-        out["gateway"] = route.gateway
-    if route.oif is not None:
-        out["dev"] = names.get(route.oif, str(route.oif))
-    if route.table != 254:
-        out["table"] = _TABLES.get(route.table, str(route.table))
-    if route.protocol != 3:
-        out["protocol"] = _PROTOCOLS.get(route.protocol, str(route.protocol))
-    if route.scope != 0:
-        out["scope"] = _SCOPES.get(route.scope, str(route.scope))
-    if route.priority is not None:
-        out["metric"] = route.priority
-    if route.prefsrc is not None:
-        out["prefsrc"] = route.prefsrc
-    out["flags"] = [name for bit, name in _ROUTE_FLAGS if route.flags & bit]
-    if route.mtu is not None:
-        out["metrics"] = [{"mtu": route.mtu}]
-    if route.nexthops:
-        out["nexthops"] = [_nexthop_json(hop, names) for hop in route.nexthops]
-    if route.pref is not None:
-        out["pref"] = _PREFS.get(route.pref, str(route.pref))
+    """``ip -j route show table all`` for one route (written by route_format())."""
+    out: Json = json.loads(route_format(names, True).render([route]))
     return out
 
 
 def neighbour_json(neigh: Neighbour, names: Mapping[int, str]) -> Json:
     """``ip -j neigh`` for one entry."""
-    out: Json = {"dst": neigh.dst, "dev": names.get(neigh.index, str(neigh.index))}
+    out: Json = {} if neigh.dst is None else {"dst": neigh.dst}  # a bridge FDB entry has none
+    out["dev"] = _name(names, neigh.index)
     if neigh.lladdr is not None:
         out["lladdr"] = neigh.lladdr
     if neigh.flags & NTF_ROUTER:
@@ -232,8 +264,8 @@ def record_json(record: Link | Address | RouteEntry | Neighbour, names: Mapping[
 
 
 def text(kind: str, entry: Json) -> str:
-    """One line in ip's layout for an ip -j dict of kind "link", "addr", "route"
-    or "neigh" (a deletion starts with "Deleted ")."""
+    """One line in ip's layout for an ip -j dict of kind "link", "addr" or
+    "neigh" (a deletion starts with "Deleted "); routes: route_format()."""
     head = "Deleted " if entry.get("deleted") else ""
     if kind == "link":
         line = (f"{entry['ifindex']}: {entry['ifname']}: <{','.join(entry['flags'])}> "
@@ -247,18 +279,9 @@ def text(kind: str, entry: Json) -> str:
                 f"{entry['local']}/{entry['prefixlen']}")
         return head + line + _words(entry, ("broadcast", "scope", "label"),
                                     {"broadcast": "brd"})
-    if kind == "route":
-        line = entry["dst"] if entry.get("type") in (None, "unicast") else (
-            f"{entry['type']} {entry['dst']}")
-        line += _words(entry, ("from", "gateway", "dev", "table", "protocol", "scope",
-                               "prefsrc", "metric"),
-                       {"gateway": "via", "prefsrc": "src", "protocol": "proto"})
-        line += "".join(f" {flag}" for flag in entry["flags"]) + _words(entry, ("pref",), {})
-        for hop in entry.get("nexthops", []):
-            line += " nexthop" + _words(hop, ("gateway", "dev", "weight"), {"gateway": "via"})
-        return head + line
-    line = str(entry["dst"]) + _words(entry, ("dev", "lladdr"), {})
-    return head + line + " " + ",".join(entry["state"])
+    line = " ".join([*([str(entry["dst"])] if "dst" in entry else []), f"dev {entry['dev']}"])
+    line += _words(entry, ("lladdr",), {}) + (" router" if "router" in entry else "")
+    return head + line + " " + " ".join(entry["state"])
 
 
 def _words(entry: Json, keys: tuple[str, ...], labels: Mapping[str, str]) -> str:

@@ -8,29 +8,55 @@ on a hot path. Lockspaces live in ``latchwire.lockspace``; ``LockSpace``,
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
+import collections
 import os
 import threading
 from collections.abc import Generator, Iterator
 from types import TracebackType
-from typing import NamedTuple
 
 from latchwire import _core
 from latchwire.errors import LockBusy
-from latchwire.lockspace import Lease, LockSpace, lease_owner, resource_name
+
+# Not typing's: this module is on the path of every latchwire lock command, and typing
+# is the largest import there would be (mypy reads the name as typing's).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import asyncio
+    from typing import Any, NamedTuple
+
+    from latchwire.lockspace import Lease, LockSpace, lease_owner, resource_name
+
+    class _HolderFields(NamedTuple):
+        pid: int
+        mode: str  # "shared" or "exclusive"
+        kind: str  # "ofd", "posix" or "flock"
+        command: str  # its command line, or "" if it could not be read
+else:
+    _HolderFields = collections.namedtuple("_HolderFields", ("pid", "mode", "kind", "command"))
 
 __all__ = ["FileLock", "Holder", "Lease", "LockSpace", "file_holders", "lease_owner",
            "resource_name"]
 
 
-class Holder(NamedTuple):
-    """One process holding a lock on a file."""
+_LOCKSPACE_NAMES = ("Lease", "LockSpace", "lease_owner", "resource_name")
 
-    pid: int
-    mode: str  # "shared" or "exclusive"
-    kind: str  # "ofd", "posix" or "flock"
-    command: str  # its command line, or "" if it could not be read
+
+def __getattr__(name: str) -> Any:
+    """The lockspace names, imported when first asked for (a program that only
+    takes file locks does not load the lockspaces)."""
+    if name in _LOCKSPACE_NAMES:
+        from latchwire import lockspace
+
+        return getattr(lockspace, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+class Holder(_HolderFields):
+    """One process holding a lock on a file: pid, mode ("shared" or "exclusive"),
+    kind ("ofd", "posix" or "flock") and command (its command line, or "" if it
+    could not be read); a named tuple."""
+
+    __slots__ = ()
 
 
 class FileLock(_core.FileLock):
@@ -77,9 +103,13 @@ class _AsyncAcquire:
 
     async def _acquire(self) -> FileLock:
         lock = self._lock
-        with contextlib.suppress(LockBusy):
+        import asyncio  # here: a program that never awaits a lock does not load asyncio
+
+        try:  # not contextlib.suppress: contextlib is an import latchwire lock need not make
             lock._acquire_detached(False, None, self._shared)
             return lock
+        except LockBusy:
+            pass
         loop = asyncio.get_running_loop()
         waiter = _Waiter(lock, self._timeout, self._shared, loop)
         try:

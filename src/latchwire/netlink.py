@@ -25,9 +25,8 @@ import struct
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Generic, Literal, TypeVar, overload
+from typing import Any, Generic, Literal, NamedTuple, TypeVar, overload
 
 from latchwire._core import (
     Address,
@@ -150,9 +149,9 @@ def nested(type: int, attrs: Iterable[bytes]) -> bytes:
     return attr(type | NLA_F_NESTED, b"".join(attrs))
 
 
-@dataclass(frozen=True)
-class Request:
-    """A request: message type, flags, the family header, then attributes.
+class Request(NamedTuple):
+    """A request: message type, flags, the family header, then attributes
+    (an immutable named tuple).
 
     The socket fills in the length, sequence number and port id, and sets
     NLM_F_REQUEST (plus NLM_F_ACK for transactions, NLM_F_DUMP for dumps).
@@ -528,9 +527,30 @@ class Dump(Generic[T]):
         self._finish()
         return rest
 
-    def _fill(self) -> None:
+    def batches(self) -> Iterator[list[T]]:
+        """The rest of the dump, one list a received datagram (what was read but
+        not yielded yet comes first): for writing a large dump out without
+        holding all of it. Each list is the caller's; the dump is finished once
+        the iterator is exhausted. With retries=0, DumpInterrupted comes at the
+        end if the kernel flagged the dump, after the last batch."""
+        while True:
+            if self._pos < len(self._pending):
+                rest = self._pending[self._pos:] if self._pos else self._pending
+                self._pending = []
+                self._pos = 0
+                yield rest
+            if self._done or self.finished:
+                if self._interrupted and self._retries == 0 and not self.finished:
+                    self._done_interrupted()
+                self._finish()
+                return
+            self._fill(keep_interrupted=True)
+
+    def _fill(self, keep_interrupted: bool = False) -> None:
         """Read the next datagram of the dump into _pending (the core keeps this
-        dump's messages only, and stops at its end or at an error)."""
+        dump's messages only, and stops at its end or at an error); a streamed
+        dump that ended inconsistent raises DumpInterrupted unless keep_interrupted
+        (the caller raises it once it has taken the last datagram's records)."""
         assert self._chan is not None
         answer = self._chan.recv_into(self._pending, self._timeout, self._seq, self._decode)
         if answer is None:
@@ -546,7 +566,7 @@ class Dump(Generic[T]):
                 self._finish()
                 error = error_of(error_msg)
                 raise error if error is not None else ProtocolError("an ACK inside a dump")
-        if self._done and self._interrupted and self._retries == 0:
+        if self._done and self._interrupted and self._retries == 0 and not keep_interrupted:
             self._done_interrupted()
 
     def _done_interrupted(self) -> None:

@@ -14,15 +14,13 @@ A ``Route`` belongs to one thread at a time, like the ``netlink.Socket`` under i
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import ipaddress
 import socket
 import struct
 from collections.abc import AsyncGenerator, Callable, Generator, Iterable, Sequence
-from dataclasses import dataclass
 from types import TracebackType
-from typing import cast
+from typing import NamedTuple, cast
 
 from latchwire import netlink
 from latchwire._core import Address, Link, Neighbour, NextHop, RouteEntry, check_timeout, decode
@@ -112,8 +110,7 @@ DEFAULT_GROUPS = ("link", "ipv4_addr", "ipv6_addr", "ipv4_route", "ipv6_route")
 _RETRIES = 5  # a decoded dump is repeated this often while the kernel flags it inconsistent
 
 
-@dataclass(frozen=True)
-class Resync:
+class Resync(NamedTuple):
     """In an event stream: notifications were lost (Overrun), the tables were
     dumped again, and the events that follow (``added + changed + removed`` of
     them) are the differences against what the stream had seen."""
@@ -136,6 +133,26 @@ def _family_of(family: int | None) -> Sequence[int]:
     if family not in (AF_INET, AF_INET6):
         raise ValueError(f"family must be AF_INET, AF_INET6 or None, not {family}")
     return (family,)
+
+
+def _table_id(table: int | str | None) -> int:
+    """The table id of a dump: 0 for "all", the main table's for None."""
+    if table == "all":
+        return 0
+    if table is None:
+        return RT_TABLE_MAIN
+    if isinstance(table, int) and 0 < table < 2**32:
+        return table
+    raise ValueError(f"table must be None, 'all' or a table number, not {table!r}")
+
+
+def _route_request(table_id: int) -> Callable[[int], Request]:
+    """The dump request of table_id's routes of a family (the table in the
+    header when it fits in 8 bits, and in RTA_TABLE unless all, as ip does)."""
+    attrs = attr(RTA_TABLE, u32(table_id)) if table_id else b""
+    return lambda fam: Request(
+        RTM_GETROUTE, header=_RTMSG.pack(fam, 0, 0, 0, table_id if table_id < 256 else 0,
+                                         0, 0, 0, 0), attrs=attrs)
 
 
 class Route:
@@ -222,22 +239,35 @@ class Route:
                ) -> list[RouteEntry]:
         """The routes of family (AF_INET, AF_INET6, or None for both) in table:
         None for the main table (as ``ip route``), a table number, or "all"."""
-        if table == "all":
-            table_id = 0
-        elif table is None:
-            table_id = RT_TABLE_MAIN
-        elif isinstance(table, int) and 0 < table < 2**32:
-            table_id = table
-        else:
-            raise ValueError(f"table must be None, 'all' or a table number, not {table!r}")
-        attrs = attr(RTA_TABLE, u32(table_id)) if table_id else b""
-        records, filtered = self._dump_families(family, lambda fam: Request(
-            RTM_GETROUTE, header=_RTMSG.pack(fam, 0, 0, 0, table_id if table_id < 256 else 0,
-                                             0, 0, 0, 0), attrs=attrs))
+        table_id = _table_id(table)
+        records, filtered = self._dump_families(family, _route_request(table_id))
         routes = cast(list[RouteEntry], records)
         if table_id and not filtered:  # a kernel that does not filter dumps by table
             routes = [r for r in routes if r.table == table_id]
         return routes
+
+    def route_batches(self, family: int | None = AF_INET, table: int | str | None = None
+                      ) -> Generator[list[RouteEntry], None, None]:
+        """routes(), streamed: one list of routes a received datagram, so that
+        100,000 routes can be written out without holding them all. A dump
+        read in part cannot be repeated: one the kernel flagged inconsistent
+        raises DumpInterrupted after its last batch (``ip`` warns and goes on).
+        The arguments are checked here, before any dump starts."""
+        table_id = _table_id(table)
+        families = _family_of(family)
+        request = _route_request(table_id)
+        return self._route_batches(families, request, table_id)
+
+    def _route_batches(self, families: Sequence[int], request: Callable[[int], Request],
+                       table_id: int) -> Generator[list[RouteEntry], None, None]:
+        for fam in families:
+            dump = self._sock.dump(request(fam), timeout=self.timeout, decode=True)
+            with dump:
+                for batch in dump.batches():
+                    routes = cast(list[RouteEntry], batch)
+                    if table_id and not dump.filtered:
+                        routes = [r for r in routes if r.table == table_id]
+                    yield routes
 
     def neighbours(self, family: int | None = None) -> list[Neighbour]:
         """Every neighbour (ARP and NDP) entry of family (None for both)."""
@@ -475,6 +505,8 @@ class _EventStream:
 
     async def run_async(self) -> AsyncGenerator[Event, None]:
         """run() for asyncio, woken by the loop's reader callback."""
+        import asyncio  # here: a program that never uses asyncio does not load it
+
         loop = asyncio.get_running_loop()
         readable = asyncio.Event()
         fd = self._sock.fileno()

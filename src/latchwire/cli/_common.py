@@ -1,0 +1,11 @@
+"""What every subcommand of the ``latchwire`` command shares."""
+
+from __future__ import annotations
+
+import sys
+
+
+def fail(what: str) -> int:
+    """Say what went wrong on one line of stderr; the exit status 1."""
+    print(f"latchwire: {what}", file=sys.stderr)
+    return 1
