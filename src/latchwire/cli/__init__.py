@@ -1,4 +1,4 @@
-"""The ``latchwire`` command: one module a subcommand.
+"""The ``latchwire`` command, one module a subcommand::
 
     latchwire lock [--shared] [--timeout S | --nonblock] [--file] [--close] [--flock]
                    PATH -- COMMAND [ARG...]
