@@ -528,3 +528,49 @@ def test_kill_storm_threads_and_processes(tmp_path: Path, locks: Path, lock_kind
     assert_exclusive(f"kill-storm[{lock_kind}]", report, failures,
                      extra=f"outcomes={dict(sum(outcomes, collections.Counter[str]()))}")
     assert report.kills >= kills
+
+
+def test_a_record_dying_in_one_thread_never_drops_a_lock_taken_in_another(
+        lock_kind: str, tmp_path: Path) -> None:
+    """Two threads make and drop FileLocks of one file as fast as they can, so the
+    file's record dies again and again, in whichever thread dropped it last, while a
+    third takes the file through a FileLock of its own each time and asks another
+    process (plain fcntl) whether it is held. Under POSIX locks, a dying record's
+    close() drops every lock the process has on the inode: a record made while
+    another was still closing its descriptor would lose its lock at once."""
+    path = str(tmp_path / "lock")
+    stop = threading.Event()
+    lost: list[int] = []
+    holds = [0]
+
+    def churn_records(_: int) -> None:
+        while not stop.is_set():
+            FileLock(path)
+
+    def hold() -> None:
+        prober = Prober()
+        try:
+            deadline = time.monotonic() + 1.5
+            while time.monotonic() < deadline:
+                lock = FileLock(path)
+                lock.acquire(timeout=GUARD)
+                try:
+                    if prober.probe(lock.lockfile) != "busy":
+                        lost.append(holds[0])
+                    holds[0] += 1
+                finally:
+                    lock.release()
+                del lock
+        finally:
+            prober.close()
+
+    churners = Crew(2, churn_records, name="churn")
+    try:
+        hold()
+    finally:
+        stop.set()
+        failures = churners.join(GUARD)
+    assert not failures, "\n".join(failures)
+    assert holds[0] > 50, f"only {holds[0]} holds in 1.5 s"
+    assert not lost, (f"{lock_kind}: {len(lost)} of {holds[0]} holds were not held in the "
+                      f"kernel (another process got the file): holds {lost[:10]}")

@@ -250,6 +250,18 @@ cdef _LockFile _record_open(str lockfile, bytes bpath, bint create, int create_m
     ref = _by_inode.get(fresh.ikey)
     if ref is not None:
         found = ref()
+    while ref is not None and found is None:
+        # The inode's record is dying: its weak reference is dead, but its
+        # descriptors are not closed yet (__dealloc__ closes them, then leaves the
+        # tables). Under POSIX locks that close() would drop every lock this
+        # process takes on the inode meanwhile, so wait for it to finish, in
+        # either mode (the window is a few instructions, unless the GIL is off).
+        lw_mutex_unlock(&lw_table_mu)
+        lw_wait_dying_record()
+        lw_lock(&lw_table_mu)
+        ref = _by_inode.get(fresh.ikey)
+        if ref is not None:
+            found = ref()
     # A dead record is replaced, but under POSIX locks never while it lives: there
     # any close() of the inode drops every lock the process has on it, so one
     # record owns all of its descriptors. (Such a record died because its inode
@@ -324,15 +336,18 @@ cdef class _LockFile:
     def __dealloc__(self):
         # Nothing holds it: a holder keeps its record alive through its FileLock.
         # Under POSIX locks no other record of the inode lives (see _record_open).
+        # The descriptors are closed before the record leaves the tables: until
+        # it has, a record opened for the inode waits (_record_open), so a POSIX
+        # lock it takes cannot be dropped by these close() calls.
         cdef int fd
-        if self.generation == lw_fork_generation:
-            _table_drop(self)
-            if self.watch is not None:
-                lw_watch_unuse(self.watch)
         if self.fd >= 0:
             close(self.fd)
         for fd in self.parked:
             close(fd)
+        if self.generation == lw_fork_generation:
+            _table_drop(self)
+            if self.watch is not None:
+                lw_watch_unuse(self.watch)
 
     @property
     def lock_kind(self):
@@ -1073,6 +1088,16 @@ cdef class _LockFile:
 
 
 # A dying record leaves the tables (its weak references are dead already).
+# Pause while a dying record finishes closing (see _record_open): one sleep of
+# 20 us, the GIL released. Caller: holds the GIL, not lw_table_mu.
+cdef void lw_wait_dying_record() noexcept:
+    cdef timespec ts
+    ts.tv_sec = 0
+    ts.tv_nsec = 20000
+    with nogil:
+        nanosleep(&ts, NULL)
+
+
 cdef void _table_drop(_LockFile rec) noexcept:
     lw_lock(&lw_table_mu)
     if _by_inode.get(rec.ikey) is rec.wref:
