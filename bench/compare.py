@@ -39,6 +39,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import part_async_locks
 import part_cli
 import part_filelock
 import part_locks
@@ -87,6 +88,9 @@ PARTS = (
     Part("links", part_rtnl.links_part,
          "a decoded rtnl link dump against the recv_into floor, ip -j and pyroute2 "
          "(root and ip)"),
+    Part("async-filelock", part_async_locks.async_filelock_part,
+         "FileLock.acquire_async() hand-offs between tasks and a queue of 1,000 tasks, "
+         "against asyncio.Lock"),
     Part("cli", part_cli.cli_part,
          "the latchwire command, whole processes: ip routes (--json) against ip (-j) route "
          "show on 100,000 routes (root and ip), lock FILE -- true against flock(1)"),

@@ -58,7 +58,8 @@ add_module_names = True
 # resolve offline, and private names (a leading underscore anywhere in the
 # dotted path, or a module's TypeVar) are deliberately not documented. Anything
 # else that does not resolve is an error.
-_STDLIB = r"(abc|argparse|asyncio|collections\.abc|contextlib|enum|ipaddress|os|pathlib|socket|types|typing)"
+_STDLIB = (r"(abc|argparse|asyncio|collections\.abc|contextlib|enum|ipaddress|os|pathlib|socket"
+           r"|types|typing)")
 nitpick_ignore_regex = [
     ("py:class", _STDLIB + r"\.\w+"),
     ("py:(class|obj)", r"latchwire(\.\w+)*\._\w+(\.\w+)*"),

@@ -8,6 +8,25 @@
 # site, the checker's entry) is part of the record's state: it changes under
 # the record's mu.
 
+cdef object _release_callback = None     # set once, before any FileLock asks for it
+
+
+def _set_release_callback(callback):
+    """The function told of the hold changes of FileLocks that asked with
+    _tell_releases() (called with the FileLock; what it raises is reported as
+    unraisable, never by the release). Set once by latchwire's asyncio face."""
+    global _release_callback
+    _release_callback = callback
+
+
+# Tell the callback that lock's hold ended or was downgraded. Caller: holds the
+# GIL and no record's mu.
+cdef void _tell_hold_changed(FileLock lock) noexcept:
+    cdef object callback = _release_callback
+    if callback is not None:
+        callback(lock)
+
+
 @cython.auto_pickle(False)
 cdef class FileLock:
     """An exclusive or shared lock on one long-lived lock file.
@@ -80,6 +99,7 @@ cdef class FileLock:
     cdef object site_code             # (rec.mu) where the hold was taken
     cdef int site_lasti
     cdef unsigned int cancel_gen      # atomic: cancel() calls so far
+    cdef int tell_releases            # atomic: 1 once _tell_releases() asked for the callback
     cdef readonly object lockclass    # the lock-order checker's class
     cdef int ld_cls
     cdef list ld_stack                # (rec.mu) the held list the checker put the hold on
@@ -308,7 +328,16 @@ cdef class FileLock:
         if stack != NULL:
             _ld_pop(<list>stack, self, False)
             Py_DECREF(<list>stack)
+        if lw_load_i(&self.tell_releases):
+            _tell_hold_changed(self)
         Py_DECREF(self)
+
+    def _tell_releases(self):
+        """From now on, each end of this object's hold (a release, verify()
+        finding it lost, remove(), handover()) and each downgrade() calls the
+        callback set with _set_release_callback, in the thread that did it,
+        after the record changed (the asyncio face hands the lock on so)."""
+        lw_store_i(&self.tell_releases, 1)
 
     def release(self):
         """Release this object's hold. RuntimeError if it holds nothing here
@@ -358,6 +387,8 @@ cdef class FileLock:
         out = rec._downgrade(self)
         if out:
             raise self._failure(out, rec)
+        if lw_load_i(&self.tell_releases):
+            _tell_hold_changed(self)
 
     def verify(self):
         """True if the lock is held and the lock file's path still names it.

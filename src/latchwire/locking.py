@@ -10,20 +10,17 @@ from __future__ import annotations
 
 import collections
 import os
-import threading
-from collections.abc import Generator, Iterator
-from types import TracebackType
+from collections.abc import Iterator
 
 from latchwire import _core
-from latchwire.errors import LockBusy
 
 # Not typing's: this module is on the path of every latchwire lock command, and typing
 # is the largest import there would be (mypy reads the name as typing's).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    import asyncio
     from typing import Any, NamedTuple
 
+    from latchwire._asynclock import AsyncAcquire
     from latchwire.lockspace import Lease, LockSpace, lease_owner, resource_name
 
     class _HolderFields(NamedTuple):
@@ -62,128 +59,32 @@ class Holder(_HolderFields):
 class FileLock(_core.FileLock):
     __doc__ = _core.FileLock.__doc__
 
-    def acquire_async(self, timeout: float | None = None, shared: bool = False) -> _AsyncAcquire:
+    def acquire_async(self, timeout: float | None = None, shared: bool = False
+                      ) -> AsyncAcquire:
         """Acquire without blocking the event loop: ``async with lock.acquire_async():``.
 
         Also awaitable (``await lock.acquire_async()``, then ``release()``). A
-        free lock is taken at once; otherwise one helper thread waits in the
-        kernel (no polling) and hands the result to the loop. Cancelling the
-        awaiting task cancels that wait and returns once the wait has ended; a
-        lock granted at the same moment is released, never leaked, and so is
-        one granted after the event loop closed. The hold belongs to no thread.
+        free lock is taken at once. Otherwise the task queues, in arrival order,
+        behind the other tasks of its event loop waiting for the same lock file:
+        when the lock is held by one of them, the release hands it on in the loop
+        with no thread involved; when it is held elsewhere (another process, a
+        thread), one helper thread per lock file and loop waits in the kernel (no
+        polling) for the head of the queue. ``timeout`` (seconds, None for none)
+        counts from the call. Cancelling the awaiting task takes it out of the
+        queue, or cancels the helper's wait for it and returns once that wait has
+        ended; a lock granted at the same moment is released, never leaked, and
+        so is one granted after the event loop closed. The hold belongs to no
+        thread. asyncio only (it needs the running loop).
         """
-        return _AsyncAcquire(self, _core.check_timeout(timeout), shared)
+        from latchwire._asynclock import AsyncAcquire
+
+        return AsyncAcquire(self, _core.check_timeout(timeout), shared)
 
     @staticmethod
     def holders(path: str | os.PathLike[str], lockfile: str | os.PathLike[str] | None = None
                 ) -> list[Holder]:
         """The processes holding the lock ``FileLock(path, lockfile)`` would take."""
         return file_holders(_core.FileLock(path, lockfile).lockfile)
-
-
-class _AsyncAcquire:
-    """What ``FileLock.acquire_async()`` returns: an async context manager and an awaitable."""
-
-    __slots__ = ("_lock", "_shared", "_timeout")
-
-    def __init__(self, lock: FileLock, timeout: float | None, shared: bool) -> None:
-        self._lock = lock
-        self._timeout = timeout
-        self._shared = shared
-
-    def __await__(self) -> Generator[object, None, FileLock]:
-        return self._acquire().__await__()
-
-    async def __aenter__(self) -> FileLock:
-        return await self._acquire()
-
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
-        self._lock.release()
-
-    async def _acquire(self) -> FileLock:
-        lock = self._lock
-        import asyncio  # here: a program that never awaits a lock does not load asyncio
-
-        try:  # not contextlib.suppress: contextlib is an import latchwire lock need not make
-            lock._acquire_detached(False, None, self._shared)
-            return lock
-        except LockBusy:
-            pass
-        loop = asyncio.get_running_loop()
-        waiter = _Waiter(lock, self._timeout, self._shared, loop)
-        try:
-            await waiter.done
-        except asyncio.CancelledError:
-            waiter.abandon()
-            raise
-        return lock
-
-
-class _Waiter:
-    """One helper thread waiting in the kernel for an asyncio acquisition.
-
-    The grant changes hands under ``guard``: the task takes it (``done``
-    resolves), or the task has abandoned the wait (cancelled, or the loop is
-    gone) and the thread releases it. Nothing is ever held with no one to
-    release it.
-    """
-
-    def __init__(self, lock: FileLock, timeout: float | None, shared: bool,
-                 loop: asyncio.AbstractEventLoop) -> None:
-        self.lock = lock
-        self.loop = loop
-        self.done: asyncio.Future[None] = loop.create_future()
-        self.guard = threading.Lock()
-        self.abandoned = False
-        self.granted = False
-        # Read before the thread starts, so that abandon()'s cancel() reaches
-        # the wait even if it comes before the thread has begun waiting.
-        generation = lock.cancel_generation
-        self.thread = threading.Thread(
-            target=self._wait, args=(timeout, shared, generation),
-            name=f"latchwire-wait {lock.lockfile}", daemon=True)
-        self.thread.start()
-
-    def _wait(self, timeout: float | None, shared: bool, generation: int) -> None:
-        try:
-            self.lock._acquire_detached(True, timeout, shared, generation)
-        except BaseException as exc:
-            self._deliver(exc)
-        else:
-            with self.guard:
-                self.granted = not self.abandoned
-                if self.abandoned:
-                    self.lock.release()
-            self._deliver(None)
-
-    def _deliver(self, exc: BaseException | None) -> None:
-        try:
-            self.loop.call_soon_threadsafe(self._resolve, exc)
-        except RuntimeError:  # the loop is closed: nobody will take the grant
-            self.abandon_grant()
-
-    def _resolve(self, exc: BaseException | None) -> None:
-        if self.done.done():
-            return
-        if exc is None:
-            self.done.set_result(None)
-        else:
-            self.done.set_exception(exc)
-
-    def abandon(self) -> None:
-        """The task gives up: end the wait, and leave nothing held when this returns."""
-        self.abandon_grant()
-        self.lock.cancel()
-        self.thread.join()  # sub-millisecond: the cancelled wait returns at once
-
-    def abandon_grant(self) -> None:
-        """Release a grant the task will never take, or see that one is never kept."""
-        with self.guard:
-            self.abandoned = True
-            if self.granted:
-                self.granted = False
-                self.lock.release()
 
 
 _KINDS = {"OFDLCK": "ofd", "POSIX": "posix", "FLOCK": "flock"}
