@@ -2,7 +2,8 @@
 latchwire.rtnl, against the recv_into floor, ``ip -j ... | json.loads`` and pyroute2.
 
 Each (root and ``ip`` needed) works in a network namespace of its own: it times
-Route.routes() over 10,000 and 100,000 IPv4 routes, or Route.links() over 2,000
+Route.routes() (and its awaited twin, AsyncRoute.routes(), beside pyroute2's
+AsyncIPRoute) over 10,000 and 100,000 IPv4 routes, or Route.links() over 2,000
 veth links, against the recv_into floor of the very request latchwire sends,
 ``ip -j ... | json.loads`` (a subprocess per dump) and pyroute2, in ms per dump
 and µs per record, and traces one untimed call's peak memory against the
@@ -11,6 +12,7 @@ records' own size. With ``--quick`` pyroute2 dumps only the 10,000 routes.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import json
 import socket
@@ -18,7 +20,7 @@ import struct
 import subprocess
 import sys
 import tracemalloc
-from collections.abc import Callable, Iterable, Sequence, Sized
+from collections.abc import Awaitable, Callable, Iterable, Sequence, Sized
 from contextlib import ExitStack
 from functools import partial
 from typing import Any, NamedTuple
@@ -53,6 +55,7 @@ from netns_setup import (
 )
 
 from latchwire import netlink, rtnl
+from latchwire.rtnl_async import AsyncRoute
 
 RTNL_ROUTE_COUNTS = (10_000, 100_000)
 RTNL_TABLE = 100  # the routes' table; main stays empty, so a dump filters by table
@@ -69,6 +72,8 @@ ROUTES_REQUEST = dump_request(
 LINKS_REQUEST = dump_request(netlink.RTM_GETLINK, struct.pack("=BxHiII", 0, 0, 0, 0, 0))
 LW_ROUTES = "latchwire Route.routes"
 LW_ROUTES_READ = "latchwire Route.routes, dst/gateway/oif read"
+LW_ASYNC_ROUTES = "latchwire await AsyncRoute.routes"
+PYROUTE2_ASYNC_ROUTES = "pyroute2 await AsyncIPRoute.get_routes"
 IP_JSON_ROUTES = "ip -j route show | json.loads"
 LW_LINKS = "latchwire Route.links"
 IP_JSON_LINKS = "ip -j link show | json.loads"
@@ -81,6 +86,8 @@ ROUTES_FLOOR_TARGET = 3.0  # at most this times the recv_into floor
 ROUTES_IP_JSON_TARGET = 5.0  # at least this many times faster than ip -j + json.loads
 ROUTES_PYROUTE2_TARGET = 100.0  # at least this many times faster than pyroute2
 MEMORY_TARGET = 2.0  # peak at most this times the records' own size
+ASYNC_TARGET = 1.3  # issue 19: an awaited route dump within this of the blocking one
+ASYNC_GUARD = 3.0  # ... and only a far-off value fails
 
 
 def rtnl_floor_socket(netns: str, stack: ExitStack) -> socket.socket:
@@ -97,6 +104,28 @@ def records_dump(dump: Callable[[], Sized]) -> Callable[[], Counted]:
     def run() -> Counted:
         return Counted(len(dump()), None)
     return run
+
+
+def awaited(loop: asyncio.AbstractEventLoop, call: Callable[[], Awaitable[Sized]]
+            ) -> Callable[[], Counted]:
+    """A dump contender awaiting call() on loop (one loop, made once), counted."""
+    def run() -> Counted:
+        return Counted(len(loop.run_until_complete(call())), None)
+    return run
+
+
+def pyroute2_async_routes(loop: asyncio.AbstractEventLoop, pyroute2: Any, netns: str,
+                          stack: ExitStack) -> Callable[[], Awaitable[list[Any]]]:
+    """pyroute2's AsyncIPRoute(netns=...) set up on loop (closed by stack): its
+    get_routes for the table, gathered into a list as its users do."""
+    ipr = pyroute2.AsyncIPRoute(netns=netns)
+    loop.run_until_complete(ipr.setup_endpoint())
+    stack.callback(ipr.close)
+
+    async def get_routes() -> list[Any]:
+        return [r async for r in await ipr.get_routes(family=socket.AF_INET,
+                                                      table=RTNL_TABLE)]
+    return get_routes
 
 
 def routes_read(route: rtnl.Route) -> Callable[[], Counted]:
@@ -208,6 +237,15 @@ def routes_conclusions(section: Section, count: int) -> None:
                                                     ROUTES_PYROUTE2_TARGET))
         add_guard(section, f"{PYROUTE2_ROUTES} / {LW_ROUTES}",
                   section.row(PYROUTE2_ROUTES).median / lw.median, PYROUTE2_GUARD, at_most=False)
+    if LW_ASYNC_ROUTES in names:
+        to_blocking = section.row(LW_ASYNC_ROUTES).median / lw.median
+        section.conclusions.append(
+            f"{LW_ASYNC_ROUTES}: {to_blocking:.2f}x {LW_ROUTES}; target ≤ {ASYNC_TARGET:g}x: "
+            f"{verdict(to_blocking, ASYNC_TARGET, at_most=True)}")
+        add_guard(section, f"{LW_ASYNC_ROUTES} / {LW_ROUTES}", to_blocking, ASYNC_GUARD)
+    if PYROUTE2_ASYNC_ROUTES in names:
+        section.conclusions.append(compare_sentence(section.row(LW_ASYNC_ROUTES),
+                                                    section.row(PYROUTE2_ASYNC_ROUTES)))
     extra = (section.row(LW_ROUTES_READ).median - lw.median) * 1e3 / count
     section.conclusions.append(
         f"reading dst, gateway and oif of every record adds {extra:.3f} µs a route")
@@ -229,18 +267,28 @@ def routes_part(s: Settings) -> list[Section]:
             Dumper(LW_ROUTES_READ, "latchwire", routes_read(route)),
             Dumper(IP_JSON_ROUTES, "peer", records_dump(partial(
                 ip_json, netns, "route", "show", "table", str(RTNL_TABLE))))]
+        loop = asyncio.new_event_loop()
+        stack.callback(loop.close)
+        aroute = AsyncRoute(netns)
+        stack.callback(aroute.close)
+        contenders.append(Dumper(LW_ASYNC_ROUTES, "latchwire", awaited(
+            loop, partial(aroute.routes, table=RTNL_TABLE))))
         get_routes: Callable[[], list[Any]] | None = None
         if pyroute2:
             ipr = pyroute2.IPRoute(netns=netns)
             stack.callback(ipr.close)
             get_routes = partial(ipr.get_routes, family=socket.AF_INET, table=RTNL_TABLE)
             contenders.append(Dumper(PYROUTE2_ROUTES, "peer", records_dump(get_routes)))
+            if hasattr(pyroute2, "AsyncIPRoute"):
+                contenders.append(Dumper(PYROUTE2_ASYNC_ROUTES, "peer", awaited(
+                    loop, pyroute2_async_routes(loop, pyroute2, netns, stack))))
         loaded = 0
         for count in RTNL_ROUTE_COUNTS:
             load_routes(netns, loaded, count, s.workdir, RTNL_TABLE)
             loaded = count
-            if s.quick and count > RTNL_ROUTE_COUNTS[0]:
-                contenders = [d for d in contenders if d.name != PYROUTE2_ROUTES]
+            if count > RTNL_ROUTE_COUNTS[0]:  # a dump of 100,000 takes it about 10 s
+                contenders = [d for d in contenders if d.name != PYROUTE2_ASYNC_ROUTES
+                              and (d.name != PYROUTE2_ROUTES or not s.quick)]
             section = decoded_section(s, "routes", f"decoded IPv4 routes, {count:,} routes",
                                       contenders, count, "route")
             routes_conclusions(section, count)
@@ -260,7 +308,11 @@ def routes_part(s: Settings) -> list[Section]:
         f"routes(table={RTNL_TABLE}), `ip -j route show table {RTNL_TABLE}`, "
         f"get_routes(family=AF_INET, table={RTNL_TABLE}). '{LW_ROUTES_READ}' also reads "
         "those three fields of every record (their Python objects are made then) and "
-        "checks them: the cost of reading a dump, not only of having it.")]
+        "checks them: the cost of reading a dump, not only of having it."), (
+        f"'{LW_ASYNC_ROUTES}': an AsyncRoute(netns=NAME) made once, each dump awaited with "
+        "run_until_complete on one asyncio loop made once (its cost per dump included); "
+        f"'{PYROUTE2_ASYNC_ROUTES}' likewise, its async generator gathered into a list, "
+        f"at {RTNL_ROUTE_COUNTS[0]:,} routes only.")]
     if s.quick and pyroute2:
         sections[-1].notes.append(f"--quick: pyroute2 runs at {RTNL_ROUTE_COUNTS[0]:,} "
                                   "routes only (one dump of 100,000 takes it about 10 s).")

@@ -57,6 +57,7 @@ NEEDS = {
     "netlink-sockets-1": NETNS,
     "rtnetlink-and-generic-netlink-1": NETNS,
     "rtnetlink-and-generic-netlink-2": NETNS,
+    "netlink-on-the-event-loop-1": NETNS,
 }
 
 # Fence languages that are Python under another name: the runner would miss them.

@@ -402,28 +402,24 @@ class Socket:
         reply, None for a bare ACK, or the NetlinkError the kernel answered.
         ``timeout`` bounds the whole call; errors as transact()."""
         timeout = check_timeout(timeout)
-        chan = self._transaction_channel()
-        seqs = []
-        for request in requests:
-            seqs.append(next(self._seqs))
-            chan.send(_frame(request, seqs[-1], chan.pid, NLM_F_ACK))
-        first = seqs[0] if seqs else 0
-        answers: dict[int, Message | NetlinkError | None] = {}
-        replies: dict[int, Message] = {}
+        tx = _Transaction(self, requests)
         deadline = None if timeout is None else time.monotonic() + timeout
-        while len(answers) < len(seqs):
-            buf = chan.recv(None if deadline is None else max(0.0, deadline - time.monotonic()))
-            if buf is None:
+        while not tx.done:
+            if not tx.read(None if deadline is None
+                           else max(0.0, deadline - time.monotonic())):
                 raise TimeoutError("no netlink answer within the timeout")
-            for msg in parse(buf):
-                if msg.pid != chan.pid or not first <= msg.seq <= seqs[-1]:
-                    continue  # a stray answer to something earlier: not ours
-                if msg.type == NLMSG_ERROR:
-                    error = error_of(msg)
-                    answers[msg.seq] = error if error is not None else replies.get(msg.seq)
-                elif msg.type != NLMSG_DONE:
-                    replies[msg.seq] = msg
-        return [answers[seq] for seq in seqs]
+        return tx.results()
+
+    def _drop_channel(self, chan: _Channel) -> None:
+        """Close chan, a channel of the socket that a call left half read (a
+        cancelled await): the socket takes a fresh one when next used. Only for
+        the transactions' channel or a socket without groups (a fresh channel
+        would miss the notifications queued on the old one)."""
+        if chan is self._tx:
+            self._tx = None
+        elif chan is self._chan:
+            self._chan = None
+        chan.close()
 
     @overload
     def dump(self, request: Request | bytes, retries: int = 0, timeout: float | None = None,
@@ -443,18 +439,67 @@ class Socket:
         (NLM_F_DUMP_INTR); DumpInterrupted if it still is. With retries=0 the
         messages stream, and DumpInterrupted comes at the end if flagged.
         """
-        timeout = check_timeout(timeout)
+        dump = self._start_dump(request, retries, check_timeout(timeout), decode)
+        if retries > 0:
+            dump._read_whole()
+        return dump
+
+    def _start_dump(self, request: Request | bytes, retries: int, timeout: float | None,
+                    decode: bool) -> Dump[Any]:
+        """A dump of request, sent and not read yet, on the socket's channel (copy
+        on write) or, with groups joined or a dump running, on a channel of its own."""
         running = self._dump is not None and not self._dump.finished
         if self.groups or running:
             if self._closed:
                 raise ValueError("netlink socket is closed")
-            dump: Dump[Message] | Dump[Record] = Dump(
-                self, self._new_channel(joined=False), request, retries, timeout, owned=True,
-                decode=decode)
-        else:
-            dump = Dump(self, self._own(), request, retries, timeout, owned=False, decode=decode)
-            self._dump = dump
+            return Dump(self, self._new_channel(joined=False), request, retries, timeout,
+                        owned=True, decode=decode)
+        dump: Dump[Any] = Dump(self, self._own(), request, retries, timeout, owned=False,
+                               decode=decode)
+        self._dump = dump
         return dump
+
+
+class _Transaction:
+    """Requests sent with NLM_F_ACK on a socket's transaction channel, and their
+    answers as they are read, one datagram a read(): the one state machine of
+    Socket.transact_many and of its awaitable twin (which reads with timeout 0
+    and waits for the descriptor between reads)."""
+
+    def __init__(self, socket: Socket, requests: Sequence[Request | bytes]) -> None:
+        chan = self.chan = socket._transaction_channel()
+        self._seqs: list[int] = []
+        seqs = self._seqs
+        for request in requests:
+            seqs.append(next(socket._seqs))
+            chan.send(_frame(request, seqs[-1], chan.pid, NLM_F_ACK))
+        self._first = seqs[0] if seqs else 0
+        self._last = seqs[-1] if seqs else 0
+        self._answers: dict[int, Message | NetlinkError | None] = {}
+        self._replies: dict[int, Message] = {}
+        self.done = not seqs
+
+    def read(self, timeout: float | None) -> bool:
+        """Take in the next datagram; False if none came within timeout (0: do not wait)."""
+        buf = self.chan.recv(timeout)
+        if buf is None:
+            return False
+        pid, first, last = self.chan.pid, self._first, self._last
+        for msg in parse(buf):
+            if msg.pid != pid or not first <= msg.seq <= last:
+                continue  # a stray answer to something earlier: not ours
+            if msg.type == NLMSG_ERROR:
+                error = error_of(msg)
+                self._answers[msg.seq] = error if error is not None else self._replies.get(
+                    msg.seq)
+            elif msg.type != NLMSG_DONE:
+                self._replies[msg.seq] = msg
+        self.done = len(self._answers) == len(self._seqs)
+        return True
+
+    def results(self) -> list[Message | NetlinkError | None]:
+        """Every answer, in the order of the requests (once done)."""
+        return [self._answers[seq] for seq in self._seqs]
 
 
 class Dump(Generic[T]):
@@ -482,9 +527,8 @@ class Dump(Generic[T]):
         self._pos = 0  # _pending[:_pos] were yielded
         self.finished = False
         self.filtered = False  # the kernel applied the request's filter (NLM_F_DUMP_FILTERED)
+        self._attempts = 0  # repeats of an inconsistent dump so far (retries > 0)
         self._start()
-        if retries > 0:
-            self._read_whole()
 
     def __repr__(self) -> str:
         return f"<netlink.Dump seq={self._seq} {'finished' if self.finished else 'running'}>"
@@ -533,24 +577,34 @@ class Dump(Generic[T]):
         holding all of it. Each list is the caller's; the dump is finished once
         the iterator is exhausted. With retries=0, DumpInterrupted comes at the
         end if the kernel flagged the dump, after the last batch."""
+        while (batch := self._next_batch()) is not None:
+            yield batch
+
+    def _next_batch(self) -> list[T] | None:
+        """The next list batches() yields, or None at the end. Resumable: a
+        TimeoutError (no datagram within the dump's timeout) leaves the dump
+        where it was, for the next call to go on from."""
         while True:
             if self._pos < len(self._pending):
                 rest = self._pending[self._pos:] if self._pos else self._pending
                 self._pending = []
                 self._pos = 0
-                yield rest
+                return rest
             if self._done or self.finished:
                 if self._interrupted and self._retries == 0 and not self.finished:
                     self._done_interrupted()
                 self._finish()
-                return
+                return None
             self._fill(keep_interrupted=True)
 
     def _fill(self, keep_interrupted: bool = False) -> None:
         """Read the next datagram of the dump into _pending (the core keeps this
         dump's messages only, and stops at its end or at an error); a streamed
         dump that ended inconsistent raises DumpInterrupted unless keep_interrupted
-        (the caller raises it once it has taken the last datagram's records)."""
+        (the caller raises it once it has taken the last datagram's records).
+        TimeoutError if none came within the dump's timeout, the dump unchanged:
+        a dump made with timeout 0 never waits, and its awaitable face waits for
+        the descriptor and calls again (every caller of _fill is resumable)."""
         assert self._chan is not None
         answer = self._chan.recv_into(self._pending, self._timeout, self._seq, self._decode)
         if answer is None:
@@ -576,16 +630,18 @@ class Dump(Generic[T]):
                               "the dump changed while it ran (NLM_F_DUMP_INTR): dump again")
 
     def _read_whole(self) -> None:
-        """Read the dump to its end, repeating it while the kernel flags it inconsistent."""
-        for attempt in range(self._retries + 1):
+        """Read the dump to its end, repeating it while the kernel flags it
+        inconsistent (resumable after a TimeoutError, as _fill)."""
+        while not self.finished:
             while not self._done:
                 self._fill()
             if not self._interrupted:
                 return
-            if attempt < self._retries:
-                self._pending.clear()
-                self._start()
-        self._done_interrupted()
+            if self._attempts == self._retries:
+                self._done_interrupted()
+            self._attempts += 1
+            self._pending.clear()
+            self._start()
 
     def _finish(self) -> None:
         """End the dump: nothing more is yielded; an owned channel is closed."""

@@ -20,7 +20,7 @@ import socket
 import struct
 from collections.abc import AsyncGenerator, Callable, Generator, Iterable, Sequence
 from types import TracebackType
-from typing import NamedTuple, cast
+from typing import Any, NamedTuple, TypeVar, cast
 
 from latchwire import netlink
 from latchwire._core import Address, Link, Neighbour, NextHop, RouteEntry, check_timeout, decode
@@ -125,6 +125,7 @@ Event = Link | Address | RouteEntry | Neighbour | Resync
 
 LinkRef = int | str
 """A link by index or by name."""
+R = TypeVar("R")
 
 
 def _family_of(family: int | None) -> Sequence[int]:
@@ -153,6 +154,217 @@ def _route_request(table_id: int) -> Callable[[int], Request]:
     return lambda fam: Request(
         RTM_GETROUTE, header=_RTMSG.pack(fam, 0, 0, 0, table_id if table_id < 256 else 0,
                                          0, 0, 0, 0), attrs=attrs)
+
+
+class _Op(NamedTuple):
+    """A netlink operation a Route method asks of the face driving it (Route
+    blocks on it, AsyncRoute awaits it): a dump read whole, sent back as
+    (records, filtered), a transaction, sent back as its reply, or a change
+    (a transaction whose reply is None: the face's _change does it)."""
+
+    request: Request
+    dump: bool
+    change: bool = False
+
+
+# The methods of Route and AsyncRoute, once: generators that yield the
+# operations they need and return the method's result, so that the two faces
+# differ only in how they wait.
+Ops = Generator[_Op, Any, R]
+
+
+def _dump_families(family: int | None, request: Callable[[int], Request]
+                   ) -> Ops[tuple[list[Record], bool]]:
+    """A dump of request(fam) for each family asked for (both for None), the
+    records one after the other; filtered if the kernel filtered every dump.
+    A dump's records are all of the type asked for: the kernel answers a GET
+    of one kind with messages of that kind only."""
+    records: list[Record] = []
+    filtered = True
+    for fam in _family_of(family):
+        more, more_filtered = yield _Op(request(fam), True)
+        records += more
+        filtered = filtered and more_filtered
+    return records, filtered
+
+
+def _links() -> Ops[list[Link]]:
+    records, _ = yield _Op(Request(RTM_GETLINK, header=_IFINFOMSG.pack(0, 0, 0, 0, 0)), True)
+    return cast(list[Link], records)
+
+
+def _link(link: LinkRef) -> Ops[Link]:
+    index, name = (link, b"") if isinstance(link, int) else (0, attr(IFLA_IFNAME,
+                                                                      string(link)))
+    reply = yield _Op(Request(RTM_GETLINK, header=_IFINFOMSG.pack(0, 0, index, 0, 0),
+                              attrs=name), False)
+    record = None if reply is None else reply.record()
+    if not isinstance(record, Link):
+        raise NetlinkError(errno.ENODEV, f"no link {link!r}")
+    return record
+
+
+def _index(link: LinkRef) -> Ops[int]:
+    if isinstance(link, int):
+        return link
+    return (yield from _link(link)).index
+
+
+def _addresses(family: int | None) -> Ops[list[Address]]:
+    records, _ = yield from _dump_families(
+        family, lambda fam: Request(RTM_GETADDR, header=_IFADDRMSG.pack(fam, 0, 0, 0, 0)))
+    return cast(list[Address], records)
+
+
+def _in_table(records: list[Any], table_id: int, filtered: bool) -> list[RouteEntry]:
+    """The routes of table_id among records (all of them: 0), unless the kernel
+    filtered the dump by table already (not every kernel does)."""
+    routes = cast(list[RouteEntry], records)
+    if table_id and not filtered:
+        routes = [r for r in routes if r.table == table_id]
+    return routes
+
+
+def _routes(family: int | None, table: int | str | None) -> Ops[list[RouteEntry]]:
+    table_id = _table_id(table)
+    records, filtered = yield from _dump_families(family, _route_request(table_id))
+    return _in_table(records, table_id, filtered)
+
+
+def _route_batch_plan(family: int | None, table: int | str | None
+                      ) -> tuple[list[Request], int]:
+    """route_batches()'s dump requests and table id (the arguments checked now)."""
+    table_id = _table_id(table)
+    request = _route_request(table_id)
+    return [request(fam) for fam in _family_of(family)], table_id
+
+
+def _neighbours(family: int | None) -> Ops[list[Neighbour]]:
+    records, _ = yield from _dump_families(
+        family, lambda fam: Request(RTM_GETNEIGH, header=_NDMSG.pack(fam, 0, 0, 0, 0)))
+    return cast(list[Neighbour], records)
+
+
+def _change(request: Request) -> Ops[None]:
+    yield _Op(request, False, change=True)
+
+
+def _add_address(link: LinkRef, address: str, broadcast: str | bool | None,
+                 label: str | None, scope: int) -> Ops[None]:
+    iface = ipaddress.ip_interface(address)
+    family = AF_INET if iface.version == 4 else AF_INET6
+    attrs = attr(IFA_LOCAL, iface.ip.packed) + attr(IFA_ADDRESS, iface.ip.packed)
+    if broadcast is True:
+        broadcast = str(iface.network.broadcast_address)
+    if broadcast:
+        attrs += attr(IFA_BROADCAST, ipaddress.ip_address(broadcast).packed)
+    if label is not None:
+        attrs += attr(IFA_LABEL, string(label))
+    index = yield from _index(link)
+    header = _IFADDRMSG.pack(family, iface.network.prefixlen, 0, scope, index)
+    yield from _change(Request(RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, header, attrs))
+
+
+def _del_address(link: LinkRef, address: str) -> Ops[None]:
+    iface = ipaddress.ip_interface(address)
+    family = AF_INET if iface.version == 4 else AF_INET6
+    index = yield from _index(link)
+    header = _IFADDRMSG.pack(family, iface.network.prefixlen, 0, 0, index)
+    yield from _change(Request(RTM_DELADDR, 0, header, attr(IFA_LOCAL, iface.ip.packed)))
+
+
+def _route_attrs(dst: str, gateway: str | None, link: LinkRef | None, table: int | None,
+                 metric: int | None) -> Ops[tuple[int, int, int, bytes]]:
+    """(family, dst_len, table, attributes) shared by add_route and del_route."""
+    net = ipaddress.ip_network("0.0.0.0/0" if dst == "default" else dst)
+    table_id = RT_TABLE_MAIN if table is None else table
+    attrs = attr(RTA_TABLE, u32(table_id))
+    if net.prefixlen:
+        attrs += attr(RTA_DST, net.network_address.packed)
+    if gateway is not None:
+        attrs += attr(RTA_GATEWAY, ipaddress.ip_address(gateway).packed)
+    if link is not None:
+        attrs += attr(RTA_OIF, u32((yield from _index(link))))
+    if metric is not None:
+        attrs += attr(RTA_PRIORITY, u32(metric))
+    family = AF_INET if net.version == 4 else AF_INET6
+    return family, net.prefixlen, table_id, attrs
+
+
+def _add_route(dst: str, gateway: str | None, link: LinkRef | None, table: int | None,
+               metric: int | None, protocol: int, scope: int | None, type: int,
+               prefsrc: str | None, nexthops: Iterable[tuple[str, LinkRef, int]],
+               replace: bool) -> Ops[None]:
+    family, dst_len, table_id, attrs = yield from _route_attrs(dst, gateway, link, table,
+                                                               metric)
+    if prefsrc is not None:
+        attrs += attr(RTA_PREFSRC, ipaddress.ip_address(prefsrc).packed)
+    hops = b""
+    for hop_gateway, hop_link, weight in nexthops:
+        hop_attrs = attr(RTA_GATEWAY, ipaddress.ip_address(hop_gateway).packed)
+        hops += _RTNEXTHOP.pack(_RTNEXTHOP.size + len(hop_attrs), 0, weight - 1,
+                                (yield from _index(hop_link))) + hop_attrs
+    if hops:
+        attrs += attr(RTA_MULTIPATH, hops)
+    if scope is None:  # as ip: a route without a gateway is on the link
+        direct = gateway is None and not hops and type == RTN_UNICAST
+        scope = RT_SCOPE_HOST if type == RTN_LOCAL else (
+            RT_SCOPE_LINK if direct and family == AF_INET else RT_SCOPE_UNIVERSE)
+    header = _RTMSG.pack(family, dst_len, 0, 0, table_id if table_id < 256 else 0,
+                         protocol, scope, type, 0)
+    flags = NLM_F_CREATE | (NLM_F_REPLACE if replace else NLM_F_EXCL)
+    yield from _change(Request(RTM_NEWROUTE, flags, header, attrs))
+
+
+def _del_route(dst: str, gateway: str | None, link: LinkRef | None, table: int | None,
+               metric: int | None) -> Ops[None]:
+    family, dst_len, table_id, attrs = yield from _route_attrs(dst, gateway, link, table,
+                                                               metric)
+    header = _RTMSG.pack(family, dst_len, 0, 0, table_id if table_id < 256 else 0, 0,
+                         RT_SCOPE_NOWHERE, 0, 0)
+    yield from _change(Request(RTM_DELROUTE, 0, header, attrs))
+
+
+def _set_link(link: LinkRef, up: bool | None, mtu: int | None, name: str | None,
+              mac: str | None, master: LinkRef | None, txqlen: int | None) -> Ops[None]:
+    flags = change = 0
+    if up is not None:
+        flags, change = (IFF_UP if up else 0), IFF_UP
+    attrs = b""
+    if mtu is not None:
+        attrs += attr(IFLA_MTU, u32(mtu))
+    if name is not None:
+        attrs += attr(IFLA_IFNAME, string(name))
+    if mac is not None:
+        attrs += attr(IFLA_ADDRESS, bytes.fromhex(mac.replace(":", "")))
+    if master is not None:
+        attrs += attr(IFLA_MASTER, u32(0 if master == 0 else (yield from _index(master))))
+    if txqlen is not None:
+        attrs += attr(IFLA_TXQLEN, u32(txqlen))
+    header = _IFINFOMSG.pack(0, 0, (yield from _index(link)), flags, change)
+    yield from _change(Request(RTM_NEWLINK, 0, header, attrs))
+
+
+def _add_link(name: str, kind: str, data: bytes = b"") -> Ops[None]:
+    info = attr(IFLA_INFO_KIND, string(kind))
+    if data:
+        info += nested(IFLA_INFO_DATA, [data])
+    attrs = attr(IFLA_IFNAME, string(name)) + nested(IFLA_LINKINFO, [info])
+    yield from _change(Request(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL,
+                               _IFINFOMSG.pack(0, 0, 0, 0, 0), attrs))
+
+
+def _add_veth(name: str, peer: str, peer_netns: int | None) -> Ops[None]:
+    peer_attrs = attr(IFLA_IFNAME, string(peer))
+    if peer_netns is not None:
+        peer_attrs += attr(IFLA_NET_NS_FD, u32(peer_netns))
+    yield from _add_link(name, "veth", attr(VETH_INFO_PEER, _IFINFOMSG.pack(0, 0, 0, 0, 0)
+                                            + peer_attrs))
+
+
+def _del_link(link: LinkRef) -> Ops[None]:
+    yield from _change(Request(RTM_DELLINK, 0, _IFINFOMSG.pack(0, 0, (yield from _index(link)),
+                                                                0, 0)))
 
 
 class Route:
@@ -187,64 +399,48 @@ class Route:
         ends. Closing again does nothing."""
         self._sock.close()
 
+    def _run(self, ops: Generator[_Op, Any, R]) -> R:
+        """What ops (a method's generator of netlink operations) returns, its
+        dumps and transactions done here, blocking."""
+        sock = self._sock
+        try:
+            op = next(ops)
+            while True:
+                if op.dump:
+                    dump = sock.dump(op.request, retries=_RETRIES, timeout=self.timeout,
+                                     decode=True)
+                    op = ops.send((dump.all(), dump.filtered))
+                elif op.change:
+                    self._change(op.request)
+                    op = ops.send(None)
+                else:
+                    op = ops.send(sock.transact(op.request, self.timeout))
+        except StopIteration as stop:
+            return cast(R, stop.value)
+
     # -- dumps ---------------------------------------------------------------
-
-    def _dump(self, request: Request) -> tuple[list[Record], bool]:
-        """The records of a dump read whole, and whether the kernel filtered it.
-        A dump's records are all of the type asked for: the kernel answers a
-        GET of one kind with messages of that kind only."""
-        dump = self._sock.dump(request, retries=_RETRIES, timeout=self.timeout, decode=True)
-        return dump.all(), dump.filtered
-
-    def _dump_families(self, family: int | None, request: Callable[[int], Request]
-                       ) -> tuple[list[Record], bool]:
-        """_dump of request(fam) for each family asked for (both for None), the
-        records one after the other; filtered if the kernel filtered every dump."""
-        records: list[Record] = []
-        filtered = True
-        for fam in _family_of(family):
-            more, more_filtered = self._dump(request(fam))
-            records += more
-            filtered = filtered and more_filtered
-        return records, filtered
 
     def links(self) -> list[Link]:
         """Every link."""
-        records, _ = self._dump(Request(RTM_GETLINK, header=_IFINFOMSG.pack(0, 0, 0, 0, 0)))
-        return cast(list[Link], records)
+        return self._run(_links())
 
     def link(self, link: LinkRef) -> Link:
         """One link by index or name; NetlinkError ENODEV if there is none."""
-        index, name = (link, b"") if isinstance(link, int) else (0, attr(IFLA_IFNAME,
-                                                                          string(link)))
-        reply = self._sock.transact(
-            Request(RTM_GETLINK, header=_IFINFOMSG.pack(0, 0, index, 0, 0), attrs=name),
-            self.timeout)
-        record = None if reply is None else reply.record()
-        if not isinstance(record, Link):
-            raise NetlinkError(errno.ENODEV, f"no link {link!r}")
-        return record
+        return self._run(_link(link))
 
     def index(self, link: LinkRef) -> int:
         """The index of a link given by index or name."""
-        return link if isinstance(link, int) else self.link(link).index
+        return self._run(_index(link))
 
     def addresses(self, family: int | None = None) -> list[Address]:
         """Every address of family (AF_INET, AF_INET6, or None for both)."""
-        records, _ = self._dump_families(
-            family, lambda fam: Request(RTM_GETADDR, header=_IFADDRMSG.pack(fam, 0, 0, 0, 0)))
-        return cast(list[Address], records)
+        return self._run(_addresses(family))
 
     def routes(self, family: int | None = AF_INET, table: int | str | None = None
                ) -> list[RouteEntry]:
         """The routes of family (AF_INET, AF_INET6, or None for both) in table:
         None for the main table (as ``ip route``), a table number, or "all"."""
-        table_id = _table_id(table)
-        records, filtered = self._dump_families(family, _route_request(table_id))
-        routes = cast(list[RouteEntry], records)
-        if table_id and not filtered:  # a kernel that does not filter dumps by table
-            routes = [r for r in routes if r.table == table_id]
-        return routes
+        return self._run(_routes(family, table))
 
     def route_batches(self, family: int | None = AF_INET, table: int | str | None = None
                       ) -> Generator[list[RouteEntry], None, None]:
@@ -253,72 +449,35 @@ class Route:
         read in part cannot be repeated: one the kernel flagged inconsistent
         raises DumpInterrupted after its last batch (``ip`` warns and goes on).
         The arguments are checked here, before any dump starts."""
-        table_id = _table_id(table)
-        families = _family_of(family)
-        request = _route_request(table_id)
-        return self._route_batches(families, request, table_id)
+        return self._route_batches(*_route_batch_plan(family, table))
 
-    def _route_batches(self, families: Sequence[int], request: Callable[[int], Request],
-                       table_id: int) -> Generator[list[RouteEntry], None, None]:
-        for fam in families:
-            dump = self._sock.dump(request(fam), timeout=self.timeout, decode=True)
+    def _route_batches(self, requests: Sequence[Request], table_id: int
+                       ) -> Generator[list[RouteEntry], None, None]:
+        for request in requests:
+            dump = self._sock.dump(request, timeout=self.timeout, decode=True)
             with dump:
                 for batch in dump.batches():
-                    routes = cast(list[RouteEntry], batch)
-                    if table_id and not dump.filtered:
-                        routes = [r for r in routes if r.table == table_id]
-                    yield routes
+                    yield _in_table(batch, table_id, dump.filtered)
 
     def neighbours(self, family: int | None = None) -> list[Neighbour]:
         """Every neighbour (ARP and NDP) entry of family (None for both)."""
-        records, _ = self._dump_families(
-            family, lambda fam: Request(RTM_GETNEIGH, header=_NDMSG.pack(fam, 0, 0, 0, 0)))
-        return cast(list[Neighbour], records)
+        return self._run(_neighbours(family))
 
     # -- changes -------------------------------------------------------------
 
     def _change(self, request: Request) -> None:
+        """Make the change request asks for (NetlinkError if the kernel refuses)."""
         self._sock.transact(request, self.timeout)
 
     def add_address(self, link: LinkRef, address: str, broadcast: str | bool | None = None,
                     label: str | None = None, scope: int = RT_SCOPE_UNIVERSE) -> None:
         """Add address ("10.0.0.1/24", "2001:db8::1/64") to link. broadcast=True
         sets the IPv4 broadcast address from the prefix (``ip addr ... brd +``)."""
-        iface = ipaddress.ip_interface(address)
-        family = AF_INET if iface.version == 4 else AF_INET6
-        attrs = attr(IFA_LOCAL, iface.ip.packed) + attr(IFA_ADDRESS, iface.ip.packed)
-        if broadcast is True:
-            broadcast = str(iface.network.broadcast_address)
-        if broadcast:
-            attrs += attr(IFA_BROADCAST, ipaddress.ip_address(broadcast).packed)
-        if label is not None:
-            attrs += attr(IFA_LABEL, string(label))
-        header = _IFADDRMSG.pack(family, iface.network.prefixlen, 0, scope, self.index(link))
-        self._change(Request(RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, header, attrs))
+        self._run(_add_address(link, address, broadcast, label, scope))
 
     def del_address(self, link: LinkRef, address: str) -> None:
         """Remove address ("10.0.0.1/24") from link."""
-        iface = ipaddress.ip_interface(address)
-        family = AF_INET if iface.version == 4 else AF_INET6
-        header = _IFADDRMSG.pack(family, iface.network.prefixlen, 0, 0, self.index(link))
-        self._change(Request(RTM_DELADDR, 0, header, attr(IFA_LOCAL, iface.ip.packed)))
-
-    def _route_request(self, dst: str, gateway: str | None, link: LinkRef | None,
-                       table: int | None, metric: int | None) -> tuple[int, int, int, bytes]:
-        """(family, dst_len, table, attributes) shared by add_route and del_route."""
-        net = ipaddress.ip_network("0.0.0.0/0" if dst == "default" else dst)
-        table_id = RT_TABLE_MAIN if table is None else table
-        attrs = attr(RTA_TABLE, u32(table_id))
-        if net.prefixlen:
-            attrs += attr(RTA_DST, net.network_address.packed)
-        if gateway is not None:
-            attrs += attr(RTA_GATEWAY, ipaddress.ip_address(gateway).packed)
-        if link is not None:
-            attrs += attr(RTA_OIF, u32(self.index(link)))
-        if metric is not None:
-            attrs += attr(RTA_PRIORITY, u32(metric))
-        family = AF_INET if net.version == 4 else AF_INET6
-        return family, net.prefixlen, table_id, attrs
+        self._run(_del_address(link, address))
 
     def add_route(self, dst: str, gateway: str | None = None, link: LinkRef | None = None,
                   table: int | None = None, metric: int | None = None,
@@ -330,82 +489,34 @@ class Route:
         link, in table (main by default). nexthops gives a multipath route as
         (gateway, link, weight) triples. replace=True replaces an existing route
         (``ip route replace``) instead of failing with EEXIST."""
-        family, dst_len, table_id, attrs = self._route_request(dst, gateway, link, table,
-                                                               metric)
-        if prefsrc is not None:
-            attrs += attr(RTA_PREFSRC, ipaddress.ip_address(prefsrc).packed)
-        hops = b""
-        for hop_gateway, hop_link, weight in nexthops:
-            hop_attrs = attr(RTA_GATEWAY, ipaddress.ip_address(hop_gateway).packed)
-            hops += _RTNEXTHOP.pack(_RTNEXTHOP.size + len(hop_attrs), 0, weight - 1,
-                                    self.index(hop_link)) + hop_attrs
-        if hops:
-            attrs += attr(RTA_MULTIPATH, hops)
-        if scope is None:  # as ip: a route without a gateway is on the link
-            direct = gateway is None and not hops and type == RTN_UNICAST
-            scope = RT_SCOPE_HOST if type == RTN_LOCAL else (
-                RT_SCOPE_LINK if direct and family == AF_INET else RT_SCOPE_UNIVERSE)
-        header = _RTMSG.pack(family, dst_len, 0, 0, table_id if table_id < 256 else 0,
-                             protocol, scope, type, 0)
-        flags = NLM_F_CREATE | (NLM_F_REPLACE if replace else NLM_F_EXCL)
-        self._change(Request(RTM_NEWROUTE, flags, header, attrs))
+        self._run(_add_route(dst, gateway, link, table, metric, protocol, scope, type, prefsrc,
+                             nexthops, replace))
 
     def del_route(self, dst: str, gateway: str | None = None, link: LinkRef | None = None,
                   table: int | None = None, metric: int | None = None) -> None:
         """Remove the route to dst from table (main by default); gateway, link
         and metric narrow the match when several routes have that prefix."""
-        family, dst_len, table_id, attrs = self._route_request(dst, gateway, link, table,
-                                                               metric)
-        header = _RTMSG.pack(family, dst_len, 0, 0, table_id if table_id < 256 else 0, 0,
-                             RT_SCOPE_NOWHERE, 0, 0)
-        self._change(Request(RTM_DELROUTE, 0, header, attrs))
+        self._run(_del_route(dst, gateway, link, table, metric))
 
     def set_link(self, link: LinkRef, up: bool | None = None, mtu: int | None = None,
                  name: str | None = None, mac: str | None = None,
                  master: LinkRef | None = None, txqlen: int | None = None) -> None:
         """Change a link: administratively up or down, MTU, name, MAC address,
         master (a bridge; 0 detaches it), transmit queue length."""
-        flags = change = 0
-        if up is not None:
-            flags, change = (IFF_UP if up else 0), IFF_UP
-        attrs = b""
-        if mtu is not None:
-            attrs += attr(IFLA_MTU, u32(mtu))
-        if name is not None:
-            attrs += attr(IFLA_IFNAME, string(name))
-        if mac is not None:
-            attrs += attr(IFLA_ADDRESS, bytes.fromhex(mac.replace(":", "")))
-        if master is not None:
-            attrs += attr(IFLA_MASTER, u32(0 if master == 0 else self.index(master)))
-        if txqlen is not None:
-            attrs += attr(IFLA_TXQLEN, u32(txqlen))
-        header = _IFINFOMSG.pack(0, 0, self.index(link), flags, change)
-        self._change(Request(RTM_NEWLINK, 0, header, attrs))
-
-    def _add_link(self, name: str, kind: str, data: bytes = b"") -> None:
-        info = attr(IFLA_INFO_KIND, string(kind))
-        if data:
-            info += nested(IFLA_INFO_DATA, [data])
-        attrs = attr(IFLA_IFNAME, string(name)) + nested(IFLA_LINKINFO, [info])
-        self._change(Request(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL,
-                             _IFINFOMSG.pack(0, 0, 0, 0, 0), attrs))
+        self._run(_set_link(link, up, mtu, name, mac, master, txqlen))
 
     def add_veth(self, name: str, peer: str, peer_netns: int | None = None) -> None:
         """Create a veth pair name <-> peer; peer_netns (a namespace descriptor)
         puts the peer in another namespace."""
-        peer_attrs = attr(IFLA_IFNAME, string(peer))
-        if peer_netns is not None:
-            peer_attrs += attr(IFLA_NET_NS_FD, u32(peer_netns))
-        self._add_link(name, "veth", attr(VETH_INFO_PEER, _IFINFOMSG.pack(0, 0, 0, 0, 0)
-                                          + peer_attrs))
+        self._run(_add_veth(name, peer, peer_netns))
 
     def add_bridge(self, name: str) -> None:
         """Create a bridge."""
-        self._add_link(name, "bridge")
+        self._run(_add_link(name, "bridge"))
 
     def del_link(self, link: LinkRef) -> None:
         """Delete a link (a veth pair goes with either end)."""
-        self._change(Request(RTM_DELLINK, 0, _IFINFOMSG.pack(0, 0, self.index(link), 0, 0)))
+        self._run(_del_link(link))
 
     # -- events --------------------------------------------------------------
 
@@ -431,7 +542,7 @@ class Route:
 
     def events_async(self, groups: Iterable[str] = DEFAULT_GROUPS, resync: bool = True
                      ) -> AsyncGenerator[Event, None]:
-        """events() for asyncio: waits through the running loop's reader
+        """events() for asyncio (or trio): waits through the running loop's reader
         callbacks (no thread), without a timeout of its own (bound a wait with
         ``asyncio.wait_for``). A resync's dump runs in the loop; it is short
         (about 70 ms for 100,000 routes). An overrun as for events(): with
@@ -504,25 +615,19 @@ class _EventStream:
             self._sock.close()
 
     async def run_async(self) -> AsyncGenerator[Event, None]:
-        """run() for asyncio, woken by the loop's reader callback."""
-        import asyncio  # here: a program that never uses asyncio does not load it
+        """run() on the event loop (asyncio or trio), woken by the descriptor."""
+        from latchwire.netlink_async import wait_readable  # here: asyncio loads on use
 
-        loop = asyncio.get_running_loop()
-        readable = asyncio.Event()
-        fd = self._sock.fileno()
-        loop.add_reader(fd, readable.set)
         try:
             while True:
                 try:
                     batch = self.next_batch(0)
                 except TimeoutError:
-                    readable.clear()
-                    await readable.wait()  # level-triggered: set again while data waits
+                    await wait_readable(self._sock.fileno())
                     continue
                 for event in batch:
                     yield event
         finally:
-            loop.remove_reader(fd)
             self._sock.close()
 
     def _snapshot(self) -> _View:
