@@ -39,7 +39,7 @@ from latchwire.errors import LockBusy, LockTimeout
 # as the core's, which that module subclasses, so that imports run one way.
 FileLock = _core.FileLock
 
-__all__ = ["AsyncAcquire"]
+__all__: list[str] = []
 
 
 class _Ticket:
@@ -285,7 +285,7 @@ def _hold_changed(lock: _core.FileLock) -> None:
 _core._set_release_callback(_hold_changed)
 
 
-class AsyncAcquire:
+class _AsyncAcquire:
     """What ``FileLock.acquire_async()`` returns: an async context manager and an awaitable."""
 
     __slots__ = ("_lock", "_shared", "_timeout")

@@ -20,7 +20,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, NamedTuple
 
-    from latchwire._asynclock import AsyncAcquire
+    from latchwire._asynclock import _AsyncAcquire
     from latchwire.lockspace import Lease, LockSpace, lease_owner, resource_name
 
     class _HolderFields(NamedTuple):
@@ -60,7 +60,7 @@ class FileLock(_core.FileLock):
     __doc__ = _core.FileLock.__doc__
 
     def acquire_async(self, timeout: float | None = None, shared: bool = False
-                      ) -> AsyncAcquire:
+                      ) -> _AsyncAcquire:
         """Acquire without blocking the event loop: ``async with lock.acquire_async():``.
 
         Also awaitable (``await lock.acquire_async()``, then ``release()``). A
@@ -76,9 +76,9 @@ class FileLock(_core.FileLock):
         so is one granted after the event loop closed. The hold belongs to no
         thread. asyncio only (it needs the running loop).
         """
-        from latchwire._asynclock import AsyncAcquire
+        from latchwire._asynclock import _AsyncAcquire
 
-        return AsyncAcquire(self, _core.check_timeout(timeout), shared)
+        return _AsyncAcquire(self, _core.check_timeout(timeout), shared)
 
     @staticmethod
     def holders(path: str | os.PathLike[str], lockfile: str | os.PathLike[str] | None = None
