@@ -43,10 +43,11 @@ def open_fds() -> int:
 
 
 def gates_left() -> int:
-    """The gates left, of any event loop: a gate is forgotten once nothing is queued on
-    it, held through it or waited for by its helper thread."""
+    """The gates left, of any event loop, and the locks still linked to one: a gate is
+    forgotten once nothing is queued on it, held through it or waited for by its helper
+    thread, and a lock is unlinked once it is neither."""
     from latchwire import _asynclock
-    return sum(len(gates) for gates in _asynclock._gates.values())
+    return sum(len(gates) for gates in _asynclock._gates.values()) + len(_asynclock._gate_of)
 
 
 class Section:
@@ -337,3 +338,28 @@ def test_a_task_timing_out_behind_the_queue_does_not_stall_it(lockfile: str,
 
     assert asyncio.run(main()) == (tasks, tasks)
     assert gates_left() == 0
+
+
+def test_cancel_ends_a_queued_wait_at_once(lockfile: str) -> None:
+    """FileLock.cancel(), from another thread, ends that object's queued acquire_async()
+    with LockCancelled at once (the head of the queue and one behind it), and leaves the
+    rest of the queue waiting its turn."""
+
+    async def main() -> None:
+        holder = new_lock(lockfile)
+        await holder.acquire_async()
+        locks = [new_lock(lockfile) for _ in range(3)]
+        waits = [asyncio.ensure_future(lock.acquire_async(timeout=WAIT)) for lock in locks]
+        await asyncio.sleep(0.01)
+        for index in (0, 1):
+            threading.Thread(target=locks[index].cancel).start()
+            with pytest.raises(LockCancelled):
+                await asyncio.wait_for(waits[index], BOUND)
+        assert not waits[2].done()
+        holder.release()
+        assert (await asyncio.wait_for(waits[2], WAIT)) is locks[2]
+        locks[2].release()
+
+    asyncio.run(main())
+    assert gates_left() == 0
+    assert probe(lockfile) == "free"

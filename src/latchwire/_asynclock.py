@@ -33,10 +33,9 @@ from collections.abc import Generator
 from types import TracebackType
 
 from latchwire import _core
-from latchwire.errors import LockBusy, LockTimeout
+from latchwire.errors import LockBusy, LockCancelled, LockTimeout
 
-# The FileLocks here are latchwire.locking's (they take an attribute, _lw_gate); typed
-# as the core's, which that module subclasses, so that imports run one way.
+# The core's FileLock: latchwire.locking's subclass and the lockspaces' leases alike.
 FileLock = _core.FileLock
 
 __all__: list[str] = []
@@ -45,13 +44,14 @@ __all__: list[str] = []
 class _Ticket:
     """One task's request, from the queue until the task has the lock or gave up."""
 
-    __slots__ = ("abandoned", "deadline", "future", "granted", "guard", "lock", "shared",
-                 "taken", "timer")
+    __slots__ = ("abandoned", "deadline", "future", "generation", "granted", "guard", "lock",
+                 "shared", "taken", "timer")
 
     def __init__(self, lock: FileLock, shared: bool, deadline: float | None,
-                 future: asyncio.Future[None]) -> None:
+                 future: asyncio.Future[None], generation: int) -> None:
         self.lock = lock
         self.shared = shared
+        self.generation = generation  # the lock's cancel_generation: a cancel() since ends it
         self.deadline = deadline  # time.monotonic() deadline, or None
         self.future = future
         self.timer: asyncio.TimerHandle | None = None
@@ -71,6 +71,7 @@ class _Gate:
         self.thread_id = threading.get_ident()
         self.queue: collections.deque[_Ticket] = collections.deque()
         self.holders: set[FileLock] = set()  # holds granted through this gate, not yet ended
+        self.pending: dict[FileLock, int] = {}  # tickets queued or served, by their lock
         self.serving: _Ticket | None = None  # the ticket a helper thread waits for
         self.helper: threading.Thread | None = None
         self.pumping = False
@@ -80,10 +81,12 @@ class _Gate:
 
     # ---- the loop's side ------------------------------------------------
 
-    def try_now(self, lock: FileLock, shared: bool) -> bool:
+    def try_now(self, lock: FileLock, shared: bool, generation: int) -> bool:
         """Take the lock for a task at once if nobody queues ahead of it."""
         if self.queue or self.serving is not None:
             return False
+        if lock.cancel_generation != generation:
+            raise _cancelled(lock)
         try:
             lock._acquire_detached(False, None, shared)
         except LockBusy:
@@ -91,14 +94,30 @@ class _Gate:
         self._hold(lock)
         return True
 
-    def enqueue(self, lock: FileLock, shared: bool, timeout: float | None) -> _Ticket:
+    def enqueue(self, lock: FileLock, shared: bool, timeout: float | None,
+                generation: int) -> _Ticket:
         deadline = None if timeout is None else time.monotonic() + timeout
-        ticket = _Ticket(lock, shared, deadline, self.loop.create_future())
+        ticket = _Ticket(lock, shared, deadline, self.loop.create_future(), generation)
         if timeout is not None:
             ticket.timer = self.loop.call_later(timeout, self._expire, ticket)
+        self.pending[lock] = self.pending.get(lock, 0) + 1
+        _link(lock, self)
         self.queue.append(ticket)
         self.pump()
         return ticket
+
+    def _retire(self, ticket: _Ticket) -> None:
+        """ticket left the queue (or the helper): its lock is no longer waited for here."""
+        left = self.pending[ticket.lock] - 1
+        if left:
+            self.pending[ticket.lock] = left
+        else:
+            del self.pending[ticket.lock]
+            self._unlink_if_done(ticket.lock)
+
+    def _unlink_if_done(self, lock: FileLock) -> None:
+        if lock not in self.holders and lock not in self.pending and _gate_of.get(lock) is self:
+            del _gate_of[lock]
 
     def pump(self) -> None:
         """Serve the queue's head while it can be served: grant it at once, leave it
@@ -108,34 +127,37 @@ class _Gate:
         self.pumping = True
         try:
             while self.queue and self.serving is None:
-                ticket = self.queue[0]
+                ticket = self.queue.popleft()
                 if ticket.future.done():  # cancelled or timed out while queued
-                    self.queue.popleft()
+                    self._retire(ticket)
+                    continue
+                if ticket.lock.cancel_generation != ticket.generation:
+                    self._settle(ticket, _cancelled(ticket.lock))
+                    self._retire(ticket)
                     continue
                 try:
                     ticket.lock._acquire_detached(False, None, ticket.shared)
                 except LockBusy:
                     if self.holders:
+                        self.queue.appendleft(ticket)
                         return  # one of them will end, and pump again
-                    self.queue.popleft()
                     self._serve(ticket)
                     return
                 except BaseException as exc:
-                    self.queue.popleft()
                     self._settle(ticket, exc)
+                    self._retire(ticket)
                     continue
-                self.queue.popleft()
                 self._hold(ticket.lock)
                 ticket.taken = True
                 self._settle(ticket, None)
+                self._retire(ticket)
         finally:
             self.pumping = False
             self._forget_if_idle()
 
     def _hold(self, lock: FileLock) -> None:
         self.holders.add(lock)
-        lock._lw_gate = self  # type: ignore[attr-defined]  # locking.FileLock has a __dict__
-        lock._tell_releases()
+        _link(lock, self)
 
     def _settle(self, ticket: _Ticket, exc: BaseException | None) -> None:
         self._stop_timer(ticket)
@@ -159,17 +181,22 @@ class _Gate:
             self.pump()
 
     def hold_changed(self, lock: FileLock) -> None:
-        """A hold of this gate ended or was downgraded (the release callback), in the
-        loop's thread, or in any thread once the loop is closed (its tasks are gone:
-        nobody is served any more, and the gate is forgotten when nothing is held)."""
+        """A hold of this gate ended or was downgraded, or lock was cancelled (the
+        core's callback), in the loop's thread, or in any thread once the loop is
+        closed (its tasks are gone: nobody is served any more, and the gate is
+        forgotten when nothing is held)."""
         if not lock.locked:
             self.holders.discard(lock)
-            if getattr(lock, "_lw_gate", None) is self:
-                lock._lw_gate = None  # type: ignore[attr-defined]
+            self._unlink_if_done(lock)
         if self.loop.is_closed():
             self._forget_if_idle()
-        else:
-            self.pump()
+            return
+        if lock in self.pending:  # cancel() ends its queued waits (pump retires them)
+            for ticket in self.queue:
+                if ticket.lock is lock and not ticket.future.done() \
+                        and lock.cancel_generation != ticket.generation:
+                    self._settle(ticket, _cancelled(lock))
+        self.pump()
 
     def abandon(self, ticket: _Ticket) -> None:
         """The task gives up: when this returns, the ticket holds nothing."""
@@ -204,10 +231,10 @@ class _Gate:
         timeout = None if ticket.deadline is None else max(0.0, ticket.deadline
                                                            - time.monotonic())
         self.serving = ticket
-        # Read before the thread starts, so that abandon()'s cancel() reaches the
-        # wait even if it comes before the thread has begun waiting.
-        generation = ticket.lock.cancel_generation
-        self.helper = threading.Thread(target=self._wait, args=(ticket, timeout, generation),
+        # The ticket's generation, read when the task asked: any cancel() since (the
+        # task's abandon(), another's) reaches the wait, even before it has begun.
+        self.helper = threading.Thread(target=self._wait,
+                                       args=(ticket, timeout, ticket.generation),
                                        name=f"latchwire-wait {self.lockfile}", daemon=True)
         self.helper.start()
 
@@ -234,12 +261,16 @@ class _Gate:
                 if ticket.granted:
                     ticket.granted = False
                     ticket.lock.release()
+            # No loop thread touches the gate any more: retire the ticket from here.
+            self.serving = None
+            self._retire(ticket)
 
     def _served(self, ticket: _Ticket, exc: BaseException | None) -> None:
         """The helper's wait for ticket ended (in the loop's thread)."""
         if self.serving is ticket:
             self.serving = None
             self.helper = None
+            self._retire(ticket)
         with ticket.guard:
             taken = ticket.granted and not ticket.abandoned
             ticket.granted = False
@@ -270,9 +301,23 @@ def _gate(loop: asyncio.AbstractEventLoop, lockfile: str) -> _Gate:
         return gate
 
 
-def _hold_changed(lock: _core.FileLock) -> None:
-    """The core's release callback, in the thread that released (or downgraded)."""
-    gate: _Gate | None = getattr(lock, "_lw_gate", None)
+# The gate each FileLock queued on or held through one is on (the loop's threads add
+# and remove entries; the core's callback reads them in any thread).
+_gate_of: dict[FileLock, _Gate] = {}
+
+
+def _link(lock: FileLock, gate: _Gate) -> None:
+    _gate_of[lock] = gate
+    lock._tell_releases()
+
+
+def _cancelled(lock: FileLock) -> LockCancelled:
+    return LockCancelled("lock wait cancelled", lock.lockfile)
+
+
+def _hold_changed(lock: FileLock) -> None:
+    """The core's callback, in the thread that released, downgraded or cancelled."""
+    gate = _gate_of.get(lock)
     if gate is None:
         return
     if threading.get_ident() == gate.thread_id or gate.loop.is_closed():
@@ -288,12 +333,16 @@ _core._set_release_callback(_hold_changed)
 class _AsyncAcquire:
     """What ``FileLock.acquire_async()`` returns: an async context manager and an awaitable."""
 
-    __slots__ = ("_lock", "_shared", "_timeout")
+    __slots__ = ("_generation", "_lock", "_shared", "_timeout")
 
-    def __init__(self, lock: FileLock, timeout: float | None, shared: bool) -> None:
+    def __init__(self, lock: FileLock, timeout: float | None, shared: bool,
+                 generation: int | None = None) -> None:
         self._lock = lock
         self._timeout = timeout
         self._shared = shared
+        # With a generation (a cancel_generation read earlier, as LockSpace reads it
+        # when it registers a wait), any cancel() since then ends this wait too.
+        self._generation = generation
 
     def __await__(self) -> Generator[object, None, FileLock]:
         return self._acquire().__await__()
@@ -307,14 +356,15 @@ class _AsyncAcquire:
 
     async def _acquire(self) -> FileLock:
         lock = self._lock
+        generation = lock.cancel_generation if self._generation is None else self._generation
         gate = _gate(asyncio.get_running_loop(), lock.lockfile)
         try:
-            if gate.try_now(lock, self._shared):
+            if gate.try_now(lock, self._shared, generation):
                 return lock
         except BaseException:
             gate._forget_if_idle()
             raise
-        ticket = gate.enqueue(lock, self._shared, self._timeout)
+        ticket = gate.enqueue(lock, self._shared, self._timeout, generation)
         try:
             await ticket.future
         except asyncio.CancelledError:

@@ -19,8 +19,8 @@ def _set_release_callback(callback):
     _release_callback = callback
 
 
-# Tell the callback that lock's hold ended or was downgraded. Caller: holds the
-# GIL and no record's mu.
+# Tell the callback that lock's hold ended or was downgraded, or that lock was
+# cancelled. Caller: holds the GIL and no record's mu.
 cdef void _tell_hold_changed(FileLock lock) noexcept:
     cdef object callback = _release_callback
     if callback is not None:
@@ -334,9 +334,10 @@ cdef class FileLock:
 
     def _tell_releases(self):
         """From now on, each end of this object's hold (a release, verify()
-        finding it lost, remove(), handover()) and each downgrade() calls the
-        callback set with _set_release_callback, in the thread that did it,
-        after the record changed (the asyncio face hands the lock on so)."""
+        finding it lost, remove(), handover()), each downgrade() and each
+        cancel() calls the callback set with _set_release_callback, in the
+        thread that did it, after the record changed (the asyncio face hands
+        the lock on so, and ends queued waits that cancel() cancels)."""
         lw_store_i(&self.tell_releases, 1)
 
     def release(self):
@@ -478,6 +479,8 @@ cdef class FileLock:
         rec = self._rec()
         if rec is not None and rec.generation == lw_load_ul(&lw_fork_generation):
             rec._cancel(self)
+        if lw_load_i(&self.tell_releases):
+            _tell_hold_changed(self)    # an asyncio wait queued in a loop ends too
 
     # ---- state -----------------------------------------------------------
 

@@ -132,6 +132,44 @@ class LockSpace:
         if timeout is not None and not wait:
             raise ValueError("a timeout needs wait=True")
         timeout = _core.check_timeout(timeout)
+        waiting = self._begin(name, owner, shared, wait, autocreate)
+        if waiting is None:
+            return
+        lock, generation = waiting
+        try:
+            lock._acquire_detached(True, timeout, shared, generation)
+        finally:
+            self._end_wait(name, owner, lock, generation, shared, autocreate)
+        if not lock.locked:
+            raise LockCancelled("the owner's leases were released while it waited", lock.path)
+
+    async def acquire_async(self, name: str, owner: Hashable = None, shared: bool = False,
+                            timeout: float | None = None, autocreate: bool = True) -> None:
+        """``acquire(name, owner, shared, wait=True, timeout, autocreate)`` without
+        blocking the event loop (as ``FileLock.acquire_async()`` waits: tasks queue in
+        arrival order, with at most one helper thread per resource and loop, and only
+        while the resource is held by another process or thread). A cancelled task
+        leaves no wait and no lease behind; ``release_owner()`` ends the wait with
+        LockCancelled, as it does a blocking one. asyncio only."""
+        from latchwire._asynclock import _AsyncAcquire
+
+        owner = lease_owner(owner)
+        timeout = _core.check_timeout(timeout)
+        waiting = self._begin(name, owner, shared, True, autocreate)
+        assert waiting is not None
+        lock, generation = waiting
+        try:
+            await _AsyncAcquire(lock, timeout, shared, generation)
+        finally:
+            self._end_wait(name, owner, lock, generation, shared, autocreate)
+        if not lock.locked:
+            raise LockCancelled("the owner's leases were released while it waited", lock.path)
+
+    def _begin(self, name: str, owner: Hashable, shared: bool, wait: bool,
+               autocreate: bool) -> tuple[FileLock, int] | None:
+        """Without wait, take name for owner at once (None) or raise LockBusy; with
+        wait, register owner's wait and return its lock and the cancel generation
+        that release_owner() moves on (the caller waits, then calls _end_wait)."""
         lock = FileLock._canonical(self.path(name), autocreate, self._lockclass)
         with self._mutex:
             res = self._table.setdefault(name, _Resource())
@@ -143,30 +181,30 @@ class LockSpace:
                         raise LockBusy(f"held by {tuple(res.holds)}", lock.lockfile)
                     lock._acquire_detached(False, None, shared)
                     self._record(name, res, owner, lock, shared, autocreate)
-                    return
+                    return None
                 res.waits[owner] = lock
                 # Read with the wait registered: a release_owner() from now on
                 # cancels this wait even before it has begun.
-                generation = lock.cancel_generation
+                return lock, lock.cancel_generation
             finally:
                 if not res.holds and not res.waits:
                     del self._table[name]
-        try:
-            lock._acquire_detached(True, timeout, shared, generation)
-        finally:
-            with self._mutex:
-                res = self._table[name]
-                del res.waits[owner]
-                if lock.locked and lock.cancel_generation != generation:
-                    # release_owner() came between the grant and this: the
-                    # owner is gone, so the grant is let go of at once.
-                    self._let_go(lock, not res.holds and self._deletes(autocreate))
-                if lock.locked:
-                    self._record(name, res, owner, lock, shared, autocreate)
-                elif not res.holds and not res.waits:
-                    del self._table[name]
-        if not lock.locked:
-            raise LockCancelled("the owner's leases were released while it waited", lock.path)
+
+    def _end_wait(self, name: str, owner: Hashable, lock: FileLock, generation: int,
+                  shared: bool, autocreate: bool) -> None:
+        """The wait _begin registered ended (granted or not): enter the lease, or let
+        go of a grant release_owner() overtook."""
+        with self._mutex:
+            res = self._table[name]
+            del res.waits[owner]
+            if lock.locked and lock.cancel_generation != generation:
+                # release_owner() came between the grant and this: the
+                # owner is gone, so the grant is let go of at once.
+                self._let_go(lock, not res.holds and self._deletes(autocreate))
+            if lock.locked:
+                self._record(name, res, owner, lock, shared, autocreate)
+            elif not res.holds and not res.waits:
+                del self._table[name]
 
     @staticmethod
     def _record(name: str, res: _Resource, owner: Hashable, lock: FileLock, shared: bool,
