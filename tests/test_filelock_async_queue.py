@@ -363,3 +363,35 @@ def test_cancel_ends_a_queued_wait_at_once(lockfile: str) -> None:
     asyncio.run(main())
     assert gates_left() == 0
     assert probe(lockfile) == "free"
+
+
+def test_anyio_on_asyncio_queues_and_trio_gets_a_clear_error(lockfile: str) -> None:
+    """Under anyio's asyncio backend, acquire_async() queues as under plain asyncio; under
+    trio (anyio's trio backend) it raises a RuntimeError that says what to do instead."""
+    anyio = pytest.importorskip("anyio")
+    order: list[int] = []
+
+    async def on_asyncio() -> None:
+        holder = new_lock(lockfile)
+        await holder.acquire_async()
+
+        async def task(who: int) -> None:
+            async with new_lock(lockfile).acquire_async(timeout=WAIT):
+                order.append(who)
+
+        async with anyio.create_task_group() as group:
+            for who in range(20):
+                group.start_soon(task, who)
+                await anyio.sleep(0)
+            holder.release()
+
+    async def on_trio() -> str:
+        with pytest.raises(RuntimeError, match="asyncio event loop") as refused:
+            await new_lock(lockfile).acquire_async()
+        return str(refused.value)
+
+    anyio.run(on_asyncio, backend="asyncio")
+    assert order == list(range(20))
+    assert "trio.to_thread.run_sync" in anyio.run(on_trio, backend="trio")
+    assert gates_left() == 0
+    assert probe(lockfile) == "free"

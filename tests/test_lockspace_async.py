@@ -5,6 +5,8 @@ cancellation, and the same leases as the blocking acquire(wait=True) gives."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import random
 import threading
 import time
@@ -23,6 +25,15 @@ TASKS = 1000
 
 def helper_threads() -> int:
     return sum(t.name.startswith("latchwire-wait") for t in threading.enumerate())
+
+
+def open_fds() -> int:
+    """This process's descriptors, but for its inotify instance (kept once made)."""
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(FileNotFoundError):  # the listing's own, closed since
+            count += os.readlink(f"/proc/self/fd/{fd}") != "anon_inode:inotify"
+    return count
 
 
 def left_behind() -> int:
@@ -154,9 +165,10 @@ def test_a_lease_held_by_another_process_is_awaited_by_one_helper(tmp_path: Path
 
 
 def test_random_cancels_leave_no_wait_and_no_lease(tmp_path: Path) -> None:
-    """500 owners await three leases, shared or not, with random timeouts, while the loop
-    cancels random tasks: afterwards every owner can ask again (no wait registered), the
-    lockspace holds nothing and no helper thread runs."""
+    """1,000 owners await three leases, shared or not, with random timeouts, while the
+    loop cancels random tasks: afterwards every owner can ask again (no wait registered),
+    the lockspace holds nothing, no helper thread runs and no descriptor is left open."""
+    fds = open_fds()
     space = LockSpace(tmp_path)
     rng = random.Random(19)
     ended: dict[str, int] = {}
@@ -178,7 +190,7 @@ def test_random_cancels_leave_no_wait_and_no_lease(tmp_path: Path) -> None:
 
     async def main() -> None:
         tasks: list[asyncio.Task[None]] = []
-        for who in range(500):
+        for who in range(TASKS):
             tasks.append(asyncio.ensure_future(owner(who)))
             if rng.random() < 0.3:
                 rng.choice(tasks).cancel()
@@ -187,7 +199,7 @@ def test_random_cancels_leave_no_wait_and_no_lease(tmp_path: Path) -> None:
         results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True),
                                          WAIT * 3)
         ended["cancelled"] = sum(isinstance(r, asyncio.CancelledError) for r in results)
-        for who in range(500):  # nobody still counts as awaiting
+        for who in range(TASKS):  # nobody still counts as awaiting
             await space.acquire_async("a", owner=who, timeout=WAIT)
             space.release("a", owner=who)
 
@@ -197,3 +209,4 @@ def test_random_cancels_leave_no_wait_and_no_lease(tmp_path: Path) -> None:
     assert space.held() == []
     assert helper_threads() == 0
     assert left_behind() == 0
+    assert open_fds() == fds

@@ -357,7 +357,14 @@ class _AsyncAcquire:
     async def _acquire(self) -> FileLock:
         lock = self._lock
         generation = lock.cancel_generation if self._generation is None else self._generation
-        gate = _gate(asyncio.get_running_loop(), lock.lockfile)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise RuntimeError(
+                "acquire_async() needs a running asyncio event loop (anyio's asyncio "
+                "backend is one); under trio, wait in a thread instead: "
+                "await trio.to_thread.run_sync(lock.acquire)") from None
+        gate = _gate(loop, lock.lockfile)
         try:
             if gate.try_now(lock, self._shared, generation):
                 return lock
