@@ -193,17 +193,30 @@ def resolve(name: str, netns: str | int | None = None, sock: Socket | None = Non
     """
     own = _generic_socket(netns, sock)
     try:
-        reply = own.transact(request(GENL_ID_CTRL, CTRL_CMD_GETFAMILY,
-                                     netlink.attr(CTRL_ATTR_FAMILY_NAME, netlink.string(name))),
-                             timeout)
+        reply = own.transact(_resolve_request(name), timeout)
     except NetlinkError as err:
-        if err.errno != errno.ENOENT:
-            raise
-        raise NetlinkError(errno.ENOENT, f"no generic netlink family named {name!r}",
-                           err.offset) from None
+        raise _resolve_error(name, err) from None
     finally:
         if own is not sock:
             own.close()
+    return _resolved(name, reply)
+
+
+def _resolve_request(name: str) -> Request:
+    """The CTRL_CMD_GETFAMILY request for the family called name."""
+    return request(GENL_ID_CTRL, CTRL_CMD_GETFAMILY,
+                   netlink.attr(CTRL_ATTR_FAMILY_NAME, netlink.string(name)))
+
+
+def _resolve_error(name: str, err: NetlinkError) -> NetlinkError:
+    """What resolve raises for nlctrl's refusal err: ENOENT names the family."""
+    if err.errno != errno.ENOENT:
+        return err
+    return NetlinkError(errno.ENOENT, f"no generic netlink family named {name!r}", err.offset)
+
+
+def _resolved(name: str, reply: Message | None) -> Family:
+    """The Family of nlctrl's reply to _resolve_request(name)."""
     if reply is None:
         raise ProtocolError(f"nlctrl answered the request for family {name!r} with a bare ACK")
     return Family.from_message(reply)
@@ -220,7 +233,12 @@ def families(netns: str | int | None = None, sock: Socket | None = None,
     own = _generic_socket(netns, sock)
     try:
         return [Family.from_message(msg) for msg in
-                own.dump(request(GENL_ID_CTRL, CTRL_CMD_GETFAMILY), retries=3, timeout=timeout)]
+                own.dump(_families_request(), retries=3, timeout=timeout)]
     finally:
         if own is not sock:
             own.close()
+
+
+def _families_request() -> Request:
+    """The CTRL_CMD_GETFAMILY dump request of every family."""
+    return request(GENL_ID_CTRL, CTRL_CMD_GETFAMILY)
