@@ -77,8 +77,10 @@ class HolderThread:
         self.lock.acquire(timeout=BOUND, shared=self.shared)
         self._held.set()
         self._go.wait(WATCHDOG)
-        self.lock.release()
+        # Before the call: once release() has begun, a waiter may have the lock (and,
+        # with the GIL off, note it) before this thread runs again.
         self.released_at = time.monotonic()
+        self.lock.release()
 
     def __enter__(self) -> HolderThread:
         self._worker = Worker(self._run)

@@ -340,14 +340,31 @@ def test_with_writer_preference_new_readers_wait_behind_a_waiting_writer(
     rw = RWLock()
     reader = holders(rw, "read")
 
-    writer = blocked_worker(take, rw.acquire_write, rw.release_write)
+    times: dict[str, float] = {}
+
+    def write() -> bool:
+        got = rw.acquire_write(timeout=BOUND)
+        if got:
+            times["writer releases"] = time.monotonic()  # before: the reader may go at once
+            rw.release_write()
+        return got
+
+    def late_read() -> bool:
+        got = rw.acquire_read(timeout=BOUND)
+        if got:
+            times["late reader in"] = time.monotonic()
+            rw.release_read()
+        return got
+
+    writer = blocked_worker(write)
     assert rw.acquire_read(blocking=False) is False
     assert rw.acquire_read(timeout=0.05) is False
-    late = blocked_worker(take, rw.acquire_read, rw.release_read)
+    late = blocked_worker(late_read)
     reader.release()
     assert writer.outcome() is True
     assert late.outcome() is True, "the late reader was not let in after the writer"
-    assert late.ended >= writer.ended
+    assert times["late reader in"] >= times["writer releases"], \
+        "the late reader got in before the waiting writer was done"
 
 
 # ---------------------------------------------------------------------------
