@@ -4,7 +4,7 @@
 # ---------------------------------------------------------------------------
 # Errors and clocks
 
-cdef double _TIMEOUT_MAX = __import__("threading").TIMEOUT_MAX
+cdef double _TIMEOUT_MAX = __import__("_thread").TIMEOUT_MAX  # threading's, without importing it
 
 # An OSError for a positive errno; OSError's constructor picks the subclass
 # (FileNotFoundError, PermissionError, ...) from the number.

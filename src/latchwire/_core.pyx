@@ -66,7 +66,7 @@ from latchwire._posix cimport (LOCK_EX, LOCK_NB, LOCK_SH, LOCK_UN, O_NOFOLLOW, T
                                lw_flock, pthread_atfork, pthread_sigmask)
 
 import os as _os
-import weakref as _weakref
+import _weakref  # the C module: weakref would import collections.abc at every start
 
 from latchwire.errors import LockBusy, LockCancelled, LockTimeout
 
