@@ -353,6 +353,7 @@ class EtcdLockSpace(RemoteLockSpace):
         """End the watch stream and its thread (the session is closing)."""
         with self._watch_mutex:
             stream, watcher = self._stream, self._watcher
+            self._stream = None  # (the stream keeps its connection pool, and its sockets)
         if stream is not None:
             with contextlib.suppress(Exception):  # the socket may be gone already
                 raw = stream.raw._fp.fileno()
@@ -390,11 +391,15 @@ class EtcdLockSpace(RemoteLockSpace):
             raise FileNotFoundError(f"no resource {name!r} ({self.path(name)})")
 
     def _close_session(self) -> None:
-        """Stop the keep-alive thread and revoke the session's lease (its entries go too)."""
+        """Stop the keep-alive and watch threads, revoke the session's lease (its entries
+        go too) and close the connections."""
         self._closing.set()
         self._keeper.join()
         self._stop_watching()
         with self._lease_mutex:
             lease_id, self._lease_id = self._lease_id, None
-        if lease_id is not None:
-            self._post("revoke the lease", "/kv/lease/revoke", {"ID": lease_id})
+        try:
+            if lease_id is not None:
+                self._post("revoke the lease", "/kv/lease/revoke", {"ID": lease_id})
+        finally:
+            self.client.session.close()  # the pooled connections

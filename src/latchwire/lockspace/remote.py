@@ -452,7 +452,7 @@ class RemoteLockSpace(ABC):
             return await asyncio.shield(done)
         except asyncio.CancelledError:
             await _through_cancels(done)
-            if undo is not None and done.exception() is None:
+            if done.exception() is None and undo is not None:  # (an error is dropped)
                 await _through_cancels(asyncio.wrap_future(
                     self._calls_pool().submit(undo, done.result())))
             raise
