@@ -22,12 +22,12 @@ import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
-from coord import RemoteAgent, etcd_missing, start_etcd, start_zookeeper, zookeeper_missing
+from coord import Link, RemoteAgent, etcd_missing, start_etcd, start_zookeeper, zookeeper_missing
 from lwtest import WAIT
 from lwthreads import poll_until
 from remote_cases import SESSION, entries, server_fixture
 
-from latchwire import Lease, LockBusy, LockCancelled, LockSpace, LockTimeout
+from latchwire import Lease, LockBusy, LockCancelled, LockSpace, LockTimeout, SessionLost
 from latchwire.lockspace.remote import RemoteLease, RemoteLockSpace, State
 
 pytestmark = pytest.mark.usefixtures("watchdog")
@@ -199,6 +199,31 @@ def test_an_awaited_wait_times_out_without_blocking_the_loop(
 
     asyncio.run(main())
     assert len(entries(space, "r")) == 1 and space.held() == []
+
+
+def test_a_lost_session_ends_an_awaited_wait_with_session_lost(url: str) -> None:
+    scheme, _, address, prefix = url.split("/", 3)
+    link = Link(int(address.rsplit(":", 1)[1]))
+    with LockSpace(f"{scheme}//127.0.0.1:{link.port}/{prefix}",
+                   session_timeout=SESSION) as cut_off, \
+            LockSpace(url, session_timeout=SESSION) as observer:
+        observer.acquire("r", "holder")
+
+        async def main() -> None:
+            task = asyncio.create_task(cut_off.acquire_async("r", "w"))
+            await queued(observer, "r", 2)
+            link.cut()  # longer than the session: the engine expires it and its entry
+            await asyncio.to_thread(poll_until, lambda: len(entries(observer, "r")) == 1,
+                                    "the cut-off session's entry expired", WAIT)
+            link.restore()
+            # As a blocking wait: SessionLost, or (ZooKeeper) a ConnectionError when a
+            # look at the queue or the dequeue met the cut for a whole session timeout.
+            with pytest.raises((SessionLost, ConnectionError)):
+                await asyncio.wait_for(task, WAIT)
+
+        asyncio.run(main())
+        assert cut_off.held() == [] and not cut_off._waits
+        assert len(entries(observer, "r")) == 1 and observer.held()
 
 
 def test_random_cancels_and_timeouts_leave_no_entry_no_hold_no_thread_no_descriptor(

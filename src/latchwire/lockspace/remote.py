@@ -170,9 +170,10 @@ class _Wait:
 class RemoteLockSpace(ABC):
     """The local lockspace's API over a coordination engine's queues.
 
-    ``acquire`` returns a ``RemoteLease``; everything else is as in the local
-    ``LockSpace``. Every blocking call is bounded: a wait by its ``timeout``,
-    a call to the engine by the session timeout (``ConnectionError`` if the
+    ``acquire`` (and ``acquire_async``, its face on an asyncio loop) returns a
+    ``RemoteLease``; everything else is as in the local ``LockSpace``. Every
+    blocking call is bounded: a wait by its ``timeout``, a call to the engine
+    by the session timeout (``ConnectionError`` if the
     engine stays out of reach that long). A lockspace is used from one
     process: make it after ``fork()``, not before. ``close()`` (or ``with``)
     releases what is held and ends the session.
