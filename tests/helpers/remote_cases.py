@@ -41,16 +41,7 @@ def engine_fixtures(engine: str, scheme: str, missing: Callable[[], str | None],
     (this process's lockspace on url) and ``agents`` (RemoteAgents on url; every one
     still running at the end is killed)."""
 
-    @pytest.fixture(scope="module", name="server")
-    def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-        absent = missing()
-        need(absent is None, f"{engine} cannot be started: {absent}")
-        try:
-            started = start(tmp_path_factory.mktemp(scheme))
-        except (OSError, RuntimeError, AssertionError) as err:
-            need(False, f"{engine} did not start: {err}")
-        yield started
-        started.stop()
+    server = server_fixture(engine, scheme, missing, start)
 
     @pytest.fixture(name="url")
     def url(server: Server) -> str:
@@ -67,6 +58,25 @@ def engine_fixtures(engine: str, scheme: str, missing: Callable[[], str | None],
             yield start_agent
 
     return server, url, space, agents
+
+
+def server_fixture(engine: str, scheme: str, missing: Callable[[], str | None],
+                   start: Callable[[Path], Server], name: str = "server") -> Any:
+    """A module's fixture (named name) that starts the engine once for the module:
+    skipped, or failed under CI, if it cannot start."""
+
+    @pytest.fixture(scope="module", name=name)
+    def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+        absent = missing()
+        need(absent is None, f"{engine} cannot be started: {absent}")
+        try:
+            started = start(tmp_path_factory.mktemp(scheme))
+        except (OSError, RuntimeError, AssertionError) as err:
+            need(False, f"{engine} did not start: {err}")
+        yield started
+        started.stop()
+
+    return server
 
 
 def entries(space: RemoteLockSpace, name: str) -> list[str]:

@@ -9,8 +9,11 @@ it. Each owner's hold, or wait, on resource ``name`` is one key
 transaction that creates it only if absent), holding the owner, host and pid
 as JSON. The queue is served in creation-revision order: an exclusive entry is
 granted when no entry is ahead of it, a shared one when no exclusive entry is
-ahead of it. A waiter watches only the nearest entry that blocks it, from the
-revision it saw it at, so a deletion in between is not missed.
+ahead of it. A waiter waits only for the nearest entry that blocks it to be
+deleted; every waiter of the lockspace, blocking or awaited, hears of it from
+one watch stream of the deletions under the prefix (one thread, started with
+the first wait), and one that saw its entry before the stream began looks
+again at once, so a deletion in between is not missed.
 
 The fencing token of a lease is its key's creation revision: etcd orders every
 write, and an entry created later on the same resource is granted later.
@@ -40,16 +43,18 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import math
+import socket
 import threading
 import time
 import uuid
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import Any
 
+import requests
 from etcd3gw.client import Etcd3Client
 from etcd3gw.exceptions import ConnectionFailedError, ConnectionTimeoutError, Etcd3Exception
-from etcd3gw.watch import Watcher
 
 from latchwire.errors import LockBusy, LockTimeout
 from latchwire.lockspace._types import check_name
@@ -58,6 +63,7 @@ from latchwire.lockspace.remote import RemoteLockSpace, SessionLost
 __all__ = ["EtcdLockSpace"]
 
 _UNREACHABLE = (ConnectionFailedError, ConnectionTimeoutError)
+_REMEMBERED = 4096  # deletions the watch stream remembers, for waits that register late
 
 
 def _b64(text: str) -> str:
@@ -101,6 +107,13 @@ class EtcdLockSpace(RemoteLockSpace):
         self._lease_id: str | None = None
         self._alive_until = 0.0  # monotonic: the session's lease surely lives until then
         self._closing = threading.Event()
+        self._watch_mutex = threading.Lock()
+        self._gone: dict[str, list[Callable[[], None]]] = {}  # key -> calls when deleted
+        self._watcher: threading.Thread | None = None  # the watch thread, once started
+        self._stream: requests.Response | None = None
+        self._watch_from = 0  # the revision the watch stream started at
+        self._deleted: dict[str, int] = {}  # the latest keys deleted -> at which revision
+        self._forgotten = 0  # the latest revision of a deletion no longer in _deleted
         try:
             self._lease(time.monotonic() + connect_timeout)
         except (ConnectionError, LockTimeout) as err:
@@ -238,20 +251,118 @@ class EtcdLockSpace(RemoteLockSpace):
         """The entries (holds and waits, from everywhere) on name, first served first."""
         return self._entries(name)[0]
 
-    def _wait_gone(self, ahead: tuple[str, int], wake: threading.Event,
-                   timeout: float | None) -> None:
-        """Watch the entry's deletion from just after the revision it was seen at, and
-        wait for it, for wake or timeout."""
+    def _watch_gone(self, ahead: tuple[str, int], gone: Callable[[], None]
+                    ) -> Callable[[], None]:
+        """Have the lockspace's watch stream call gone once the entry is deleted; at once
+        if the stream has reported its deletion already, or may have (it began after the
+        revision the entry was seen at, or that deletion is older than those it
+        remembers). The stream is started on first use."""
         key, seen = ahead
-        try:
-            watcher = Watcher(self.client, key, lambda _event: wake.set(),
-                              start_revision=seen + 1, filters=["NOPUT"])
-        except Exception as err:  # requests' own errors: the stream could not be opened
-            raise ConnectionError(f"cannot watch {key} on etcd at {self.endpoint}") from err
-        try:
-            wake.wait(timeout)
-        finally:
-            watcher.stop()
+        with self._watch_mutex:
+            self._gone.setdefault(key, []).append(gone)
+            late = (seen + 1 < self._watch_from or seen < self._forgotten
+                    or self._deleted.get(key, 0) > seen)
+            if self._watcher is None:
+                self._watcher = threading.Thread(target=self._watch, daemon=True,
+                                                 name="latchwire-etcd-watch")
+                self._watcher.start()
+        if late:
+            gone()
+
+        def stop() -> None:
+            with self._watch_mutex:
+                calls = self._gone.get(key, [])
+                if gone in calls:
+                    calls.remove(gone)
+                    if not calls:
+                        del self._gone[key]
+
+        return stop
+
+    def _watch(self) -> None:
+        """The watch thread: one stream of the deletions under the prefix, from the
+        revision it was opened at, calling the gone() registered for each key deleted;
+        reopened (every registered call made, as something may have been missed) when
+        it breaks, until the session is closed."""
+        pause = 0.01
+        while not self._closing.is_set():
+            try:
+                stream = self._open_stream()
+            except (ConnectionError, LockTimeout, Etcd3Exception, OSError,
+                    requests.RequestException, ValueError):
+                stream = None
+            if stream is not None:
+                pause = 0.01
+                with self._watch_mutex:
+                    everyone = [call for calls in self._gone.values() for call in calls]
+                for call in everyone:
+                    call()
+                with contextlib.suppress(Exception):  # a broken stream, however it breaks
+                    self._read_stream(stream)
+                stream.close()
+            if self._closing.wait(pause):  # a back-off before reopening
+                break
+            pause = min(pause * 2, 0.5)
+
+    def _open_stream(self) -> requests.Response | None:
+        """Open the deletions' watch stream from the current revision on (None if the
+        lockspace is closing meanwhile)."""
+        queues = f"{self.prefix}/"
+        seen = self._post("read the revision", "/kv/range",
+                          {"key": _b64(queues), "range_end": _b64(queues[:-1] + "0"),
+                           "count_only": True})
+        start = int(seen["header"]["revision"]) + 1
+        stream = self.client.session.post(self.client.get_url("/watch"), stream=True,
+                                          timeout=(self.session_timeout, None), json={
+            "create_request": {"key": _b64(queues), "range_end": _b64(queues[:-1] + "0"),
+                               "start_revision": start, "filters": ["NOPUT"]}})
+        with self._watch_mutex:
+            if self._closing.is_set():
+                stream.close()
+                return None
+            self._stream = stream
+            self._watch_from = start
+        return stream
+
+    def _read_stream(self, stream: requests.Response) -> None:
+        """Call the gone() registered for each key the stream reports deleted, until it
+        ends."""
+        pending = b""
+        for chunk in stream.iter_content(chunk_size=None):
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                if not line.strip():
+                    continue
+                result = json.loads(line).get("result")
+                if result is None:  # an error: the stream is over
+                    return
+                for event in result.get("events", ()):
+                    key = _key(event["kv"])
+                    revision = int(event["kv"].get("mod_revision", 0))
+                    with self._watch_mutex:
+                        calls = self._gone.pop(key, [])
+                        self._deleted[key] = revision
+                        if len(self._deleted) > _REMEMBERED:
+                            oldest = next(iter(self._deleted))
+                            self._forgotten = max(self._forgotten, self._deleted.pop(oldest))
+                    for call in calls:
+                        call()
+
+    def _stop_watching(self) -> None:
+        """End the watch stream and its thread (the session is closing)."""
+        with self._watch_mutex:
+            stream, watcher = self._stream, self._watcher
+            self._stream = None  # (the stream keeps its connection pool, and its sockets)
+        if stream is not None:
+            with contextlib.suppress(Exception):  # the socket may be gone already
+                raw = stream.raw._fp.fileno()
+                dup = socket.fromfd(raw, socket.AF_INET, socket.SOCK_STREAM)
+                dup.shutdown(socket.SHUT_RDWR)
+                dup.close()
+            stream.close()
+        if watcher is not None:
+            watcher.join()
 
     def _dequeue(self, key: str) -> None:
         """Delete the entry key (deleting a key already gone is no error)."""
@@ -280,10 +391,15 @@ class EtcdLockSpace(RemoteLockSpace):
             raise FileNotFoundError(f"no resource {name!r} ({self.path(name)})")
 
     def _close_session(self) -> None:
-        """Stop the keep-alive thread and revoke the session's lease (its entries go too)."""
+        """Stop the keep-alive and watch threads, revoke the session's lease (its entries
+        go too) and close the connections."""
         self._closing.set()
         self._keeper.join()
+        self._stop_watching()
         with self._lease_mutex:
             lease_id, self._lease_id = self._lease_id, None
-        if lease_id is not None:
-            self._post("revoke the lease", "/kv/lease/revoke", {"ID": lease_id})
+        try:
+            if lease_id is not None:
+                self._post("revoke the lease", "/kv/lease/revoke", {"ID": lease_id})
+        finally:
+            self.client.session.close()  # the pooled connections

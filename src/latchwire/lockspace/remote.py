@@ -27,6 +27,8 @@ of a resource) is what the guarded resource checks to refuse its late writes.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -36,7 +38,9 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable
+from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
+from typing import Any, TypeVar
 
 from latchwire import _core
 from latchwire.errors import LockBusy, LockCancelled, LockTimeout, SessionLost
@@ -50,6 +54,7 @@ lockspace's own notifier thread (never on the caller's, never with a lockspace l
 held); it must not block for long, and an exception it raises is logged, not passed on."""
 
 _FINAL = ("lost", "released")
+_T = TypeVar("_T")
 _log = logging.getLogger("latchwire")
 
 
@@ -106,28 +111,81 @@ class RemoteLease:
                 f"token={self.token} {self._state}>")
 
 
+class _LoopWake:
+    """A threading.Event's set/clear for a task: set() from any thread wakes wait() in
+    the loop (through call_soon_threadsafe), without a thread of its own."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._flag = False
+        self._waiting: asyncio.Future[None] | None = None
+
+    def set(self) -> None:
+        """Wake the wait (now or the next one); from any thread."""
+        self._flag = True
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
+            self._loop.call_soon_threadsafe(self._fire)
+
+    def clear(self) -> None:
+        self._flag = False
+
+    def _fire(self) -> None:
+        if self._waiting is not None and not self._waiting.done():
+            self._waiting.set_result(None)
+
+    async def wait(self, timeout: float | None) -> None:
+        """Return once set (since the last clear) or after timeout s."""
+        if self._flag:
+            return
+        self._waiting = self._loop.create_future()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._waiting), timeout)
+        except TimeoutError:
+            pass
+        finally:
+            self._waiting = None
+
+
+async def _through_cancels(done: asyncio.Future[Any]) -> bool:
+    """Wait until done is done, through any cancel of the task; whether one came."""
+    cancelled = False
+    while not done.done():
+        try:
+            await asyncio.wait((done,))
+        except asyncio.CancelledError:
+            cancelled = True
+    return cancelled
+
+
 class _Wait:
     """One owner's acquisition in progress: woken by the engine, a cancel or a lost session."""
 
-    def __init__(self) -> None:
-        self.wake = threading.Event()
+    def __init__(self, wake: threading.Event | _LoopWake) -> None:
+        self.wake = wake
         self.cancelled = False
         self.lost = False
+        self.ahead: tuple[str, int] = ("", 0)  # the entry waited for, as _blocker gave it
 
 
 class RemoteLockSpace(ABC):
     """The local lockspace's API over a coordination engine's queues.
 
-    ``acquire`` returns a ``RemoteLease``; everything else is as in the local
-    ``LockSpace``. Every blocking call is bounded: a wait by its ``timeout``,
-    a call to the engine by the session timeout (``ConnectionError`` if the
+    ``acquire`` (and ``acquire_async``, its face on an asyncio loop) returns a
+    ``RemoteLease``; everything else is as in the local ``LockSpace``. Every
+    blocking call is bounded: a wait by its ``timeout``, a call to the engine
+    by the session timeout (``ConnectionError`` if the
     engine stays out of reach that long). A lockspace is used from one
     process: make it after ``fork()``, not before. ``close()`` (or ``with``)
     releases what is held and ends the session.
     """
 
+    CALL_THREADS = 4
+    """The bound on the threads of the pool awaited acquisitions make their engine round
+    trips on (one pool per lockspace, however many tasks wait)."""
+
     def __init__(self) -> None:
         self._mutex = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
         self._holds: dict[str, dict[Hashable, RemoteLease]] = {}
         self._waits: dict[tuple[str, Hashable], _Wait] = {}
         self._session: State = "held"
@@ -157,10 +215,21 @@ class RemoteLockSpace(ABC):
         """The entries (holds and waits, from everywhere) on name, first served first."""
 
     @abstractmethod
+    def _watch_gone(self, ahead: tuple[str, int], gone: Callable[[], None]
+                    ) -> Callable[[], None]:
+        """Call gone() (from the engine's thread, at least once, maybe spuriously: the
+        caller looks again) once the entry ahead (as _blocker gave it) is gone;
+        without blocking. Returns what stops the watching (gone may still be called)."""
+
     def _wait_gone(self, ahead: tuple[str, int], wake: threading.Event,
                    timeout: float | None) -> None:
         """Return once the entry ahead (as _blocker gave it) is gone, wake is set, or
         timeout s have passed."""
+        stop = self._watch_gone(ahead, wake.set)
+        try:
+            wake.wait(timeout)
+        finally:
+            stop()
 
     @abstractmethod
     def _dequeue(self, key: str) -> None:
@@ -238,10 +307,89 @@ class RemoteLockSpace(ABC):
         otherwise FileNotFoundError. RuntimeError if owner already holds or
         awaits name here.
         """
-        check_name(name)
-        owner = lease_owner(owner)
         if timeout is not None and not wait:
             raise ValueError("a timeout needs wait=True")
+        wake = threading.Event()
+        owner, deadline, waiter = self._begin(name, owner, shared, wait, timeout, wake)
+        lease = None
+        try:
+            key, token = self._enqueue(name, shared, owner, autocreate, deadline)
+            try:
+                while (left := self._turn(name, key, shared, wait, deadline, waiter)) != 0:
+                    self._wait_gone(waiter.ahead, wake, left)
+            except BaseException:
+                self._dequeue(key)
+                raise
+            lease = RemoteLease(self, name, owner, shared, key, token, autocreate, listener)
+        finally:
+            granted = self._settle(name, owner, waiter, lease)
+        if not granted:  # release_owner() or a lost session came with the grant
+            self._dequeue(key)
+            self._raise_ended(waiter, name)
+        return lease
+
+    async def acquire_async(self, name: str, owner: Hashable = None, shared: bool = False,
+                            timeout: float | None = None, autocreate: bool = True,
+                            listener: Listener | None = None) -> RemoteLease:
+        """``acquire(name, owner, shared, wait=True, timeout, autocreate, listener)``
+        without blocking the event loop; the lease.
+
+        The wait is on the engine's own notification (a ZooKeeper watch, the
+        lockspace's one etcd watch stream), which resolves the task's future
+        through ``loop.call_soon_threadsafe``: no thread per waiting task. The
+        engine's round trips (queueing, reading the queue, dequeueing) run on
+        the lockspace's pool of at most ``CALL_THREADS`` threads, started on
+        first use and ended by ``close()``. A task cancelled at any point leaves
+        no entry in the engine's queue and no lease: a request under way is let
+        finish and then undone, a grant that crosses the cancel is released.
+        ``release_owner()`` ends the wait with LockCancelled, a lost session
+        with SessionLost, as for a blocking wait. asyncio only (anyio's asyncio
+        backend included): RuntimeError elsewhere.
+        """
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise RuntimeError(
+                "acquire_async() needs a running asyncio event loop (anyio's asyncio "
+                "backend is one); under trio, wait in a thread instead: await "
+                "trio.to_thread.run_sync(functools.partial(space.acquire, name, wait=True))"
+            ) from None
+        wake = _LoopWake(loop)
+        owner, deadline, waiter = self._begin(name, owner, shared, True, timeout, wake)
+        key = None
+        lease = None
+        try:
+            try:
+                key, token = await self._off_loop(self._enqueue, name, shared, owner,
+                                                  autocreate, deadline,
+                                                  undo=lambda made: self._dequeue(made[0]))
+                while (left := await self._off_loop(self._turn, name, key, shared, True,
+                                                    deadline, waiter)) != 0:
+                    stop = self._watch_gone(waiter.ahead, wake.set)
+                    try:
+                        await wake.wait(left)
+                    finally:
+                        stop()
+            except BaseException:
+                if key is not None:
+                    await self._off_loop_surely(self._dequeue, key)
+                raise
+            lease = RemoteLease(self, name, owner, shared, key, token, autocreate, listener)
+        finally:
+            granted = self._settle(name, owner, waiter, lease)
+        if not granted:  # release_owner() or a lost session came with the grant
+            await self._off_loop_surely(self._dequeue, key)
+            self._raise_ended(waiter, name)
+        return lease
+
+    def _begin(self, name: str, owner: Hashable, shared: bool, wait: bool,
+               timeout: float | None, wake: threading.Event | _LoopWake
+               ) -> tuple[Hashable, float | None, _Wait]:
+        """Register owner's acquisition of name (woken through wake): the owner, the
+        deadline and the wait, which the caller ends with _settle. LockBusy at once if
+        held here and not wait; RuntimeError if owner already holds or awaits name."""
+        check_name(name)
+        owner = lease_owner(owner)
         timeout = _core.check_timeout(timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._mutex:
@@ -253,44 +401,70 @@ class RemoteLockSpace(ABC):
                       if lease.state not in _FINAL and not (shared and lease.shared)]
             if others and not wait:
                 raise LockBusy(f"{name!r} is held here by {tuple(others)}")
-            waiter = self._waits[(name, owner)] = _Wait()
-        try:
-            key, token = self._enqueue(name, shared, owner, autocreate, deadline)
-            try:
-                self._await_turn(name, key, shared, wait, deadline, waiter)
-            except BaseException:
-                self._dequeue(key)
-                raise
-            lease = RemoteLease(self, name, owner, shared, key, token, autocreate, listener)
-            with self._mutex:
-                granted = not (waiter.cancelled or waiter.lost)
-                if granted:
-                    lease._state = self._session
-                    self._holds.setdefault(name, {})[owner] = lease
-        finally:
-            with self._mutex:
-                del self._waits[(name, owner)]
-        if not granted:  # release_owner() or a lost session came with the grant
-            self._dequeue(key)
-            self._raise_ended(waiter, name)
-        return lease
+            waiter = self._waits[(name, owner)] = _Wait(wake)
+        return owner, deadline, waiter
 
-    def _await_turn(self, name: str, key: str, shared: bool, wait: bool,
-                    deadline: float | None, waiter: _Wait) -> None:
-        """Return once key is granted; LockBusy (not wait), LockTimeout, LockCancelled or
-        SessionLost instead. The caller deletes key if this raises."""
-        while True:
-            waiter.wake.clear()
-            self._raise_ended(waiter, name)
-            blocker = self._blocker(name, key, shared, deadline)
-            if blocker is None:
-                return
-            if not wait:
-                raise LockBusy(f"{name!r} is held or awaited ({blocker[0]})")
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                raise LockTimeout(f"{name!r} still held or awaited ({blocker[0]})")
-            self._wait_gone(blocker, waiter.wake, left)
+    def _settle(self, name: str, owner: Hashable, waiter: _Wait,
+                lease: RemoteLease | None) -> bool:
+        """End the wait _begin registered; record lease (if granted: not None) unless
+        release_owner() or a lost session came first. Whether it was recorded."""
+        with self._mutex:
+            del self._waits[(name, owner)]
+            if lease is None or waiter.cancelled or waiter.lost:
+                return False
+            lease._state = self._session
+            self._holds.setdefault(name, {})[owner] = lease
+            return True
+
+    def _turn(self, name: str, key: str, shared: bool, wait: bool, deadline: float | None,
+              waiter: _Wait) -> float | None:
+        """One look at key's place in the queue: 0 once it is granted, else the seconds
+        left to wait (None: no bound) for waiter.ahead, the entry it waits for;
+        LockBusy (not wait), LockTimeout, LockCancelled or SessionLost instead. The
+        caller waits (if asked to) and asks again, and deletes key if this raises."""
+        waiter.wake.clear()
+        self._raise_ended(waiter, name)
+        blocker = self._blocker(name, key, shared, deadline)
+        if blocker is None:
+            return 0
+        if not wait:
+            raise LockBusy(f"{name!r} is held or awaited ({blocker[0]})")
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            raise LockTimeout(f"{name!r} still held or awaited ({blocker[0]})")
+        waiter.ahead = blocker
+        return left
+
+    def _calls_pool(self) -> ThreadPoolExecutor:
+        """The pool the awaited acquisitions make their round trips to the engine on."""
+        with self._mutex:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.CALL_THREADS,
+                                                thread_name_prefix="latchwire-remote-call")
+            return self._pool
+
+    async def _off_loop(self, call: Callable[..., _T], *args: Any,
+                        undo: Callable[[_T], object] | None = None) -> _T:
+        """call(*args) on the pool, the loop running meanwhile. A cancel lets the call
+        finish (a round trip cannot be taken back half-way) and then undo(its result),
+        if it succeeded, before it goes on."""
+        done = asyncio.wrap_future(self._calls_pool().submit(call, *args))
+        try:
+            return await asyncio.shield(done)
+        except asyncio.CancelledError:
+            await _through_cancels(done)
+            if done.exception() is None and undo is not None:  # (an error is dropped)
+                await _through_cancels(asyncio.wrap_future(
+                    self._calls_pool().submit(undo, done.result())))
+            raise
+
+    async def _off_loop_surely(self, call: Callable[..., object], *args: Any) -> None:
+        """call(*args) on the pool, waited for through any cancel, which is passed on
+        after it; call's exception, if it raised."""
+        done = asyncio.wrap_future(self._calls_pool().submit(call, *args))
+        if await _through_cancels(done):
+            raise asyncio.CancelledError
+        done.result()
 
     @staticmethod
     def _raise_ended(waiter: _Wait, name: str) -> None:
@@ -348,6 +522,10 @@ class RemoteLockSpace(ABC):
             holds = [(name, owner) for name, leases in self._holds.items() for owner in leases]
         for name, owner in holds:
             self.release(name, owner)
+        with self._mutex:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown()
         self._close_session()
         self._calls.put(None)
         self._notifier.join()

@@ -35,7 +35,6 @@ Partitions and pauses, plainly:
 from __future__ import annotations
 
 import contextlib
-import threading
 import time
 import uuid
 from collections.abc import Callable, Hashable, Sequence
@@ -58,6 +57,10 @@ __all__ = ["ZkLockSpace"]
 
 _STATES: dict[str, State] = {KazooState.CONNECTED: "held", KazooState.SUSPENDED: "suspended",
                              KazooState.LOST: "lost"}
+
+
+def _nothing() -> None:
+    """What stops a ZooKeeper watch: nothing (it fires once, at most)."""
 
 
 def _sequence(entry: str) -> int:
@@ -196,16 +199,20 @@ class ZkLockSpace(RemoteLockSpace):
             ahead = [entry for entry in ahead if entry.rsplit("/", 1)[1].startswith("ex-")]
         return (ahead[-1], 0) if ahead else None
 
-    def _wait_gone(self, ahead: tuple[str, int], wake: threading.Event,
-                   timeout: float | None) -> None:
-        """Watch the entry (a one-shot ZooKeeper watch) and wait for it to go, for wake or
-        timeout."""
-        key = ahead[0]
-        deadline = None if timeout is None else time.monotonic() + timeout
-        stat = self._op(f"watch {key}", self.client.exists_async, key,
-                        watch=lambda _event: wake.set(), deadline=deadline)
-        if stat is not None:
-            wake.wait(timeout)
+    def _watch_gone(self, ahead: tuple[str, int], gone: Callable[[], None]
+                    ) -> Callable[[], None]:
+        """A one-shot ZooKeeper watch on the entry (kazoo's thread calls gone on any event);
+        gone at once if the entry is already gone or the request fails (the caller's next
+        look at the queue says why, with retries). Stopping is a no-op: a watch's late
+        call is one spurious wake."""
+        request = self.client.exists_async(ahead[0], watch=lambda _event: gone())
+
+        def answered(request: Any) -> None:
+            if not request.successful() or request.get() is None:
+                gone()
+
+        request.rawlink(answered)
+        return _nothing
 
     def _dequeue(self, key: str) -> None:
         """Delete the entry key; one already gone (or gone with its session) is fine."""
