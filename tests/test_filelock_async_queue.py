@@ -11,14 +11,13 @@ witness) and, where it says so, against another process (plain fcntl).
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import random
 import threading
 import time
 from collections.abc import Callable
 
 import pytest
+from lwasync import open_fds
 from lwfcntl import OtherProcess, kernel_waiters
 from lwfcntl import fcntl_probe as probe
 from lwtest import BOUND, WAIT, new_lock
@@ -30,16 +29,6 @@ TASKS = 1000
 
 def helper_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith("latchwire-wait")]
-
-
-def open_fds() -> int:
-    """This process's descriptors, but for its one inotify instance (the path watch),
-    which a record's second grant makes and the process keeps."""
-    count = 0
-    for fd in os.listdir("/proc/self/fd"):
-        with contextlib.suppress(FileNotFoundError):  # the listing's own, closed since
-            count += os.readlink(f"/proc/self/fd/{fd}") != "anon_inode:inotify"
-    return count
 
 
 def gates_left() -> int:

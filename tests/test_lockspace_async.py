@@ -5,14 +5,13 @@ cancellation, and the same leases as the blocking acquire(wait=True) gives."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import random
 import threading
 import time
 from pathlib import Path
 
 import pytest
+from lwasync import open_fds
 from lwfcntl import OtherProcess, kernel_waiters
 from lwtest import BOUND, WAIT
 
@@ -25,15 +24,6 @@ TASKS = 1000
 
 def helper_threads() -> int:
     return sum(t.name.startswith("latchwire-wait") for t in threading.enumerate())
-
-
-def open_fds() -> int:
-    """This process's descriptors, but for its inotify instance (kept once made)."""
-    count = 0
-    for fd in os.listdir("/proc/self/fd"):
-        with contextlib.suppress(FileNotFoundError):  # the listing's own, closed since
-            count += os.readlink(f"/proc/self/fd/{fd}") != "anon_inode:inotify"
-    return count
 
 
 def left_behind() -> int:

@@ -23,10 +23,12 @@ import os
 import random
 import socket
 import struct
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from lwasync import BACKENDS, anyio, cancel_at_random, run, threads
+from lwasync import fd_numbers as open_fds
 from lwnetns import Netns, drop_netns, make_netns
 from lwtest import need
 
@@ -43,30 +45,6 @@ IFLA_IFNAME = 3
 TABLE = 100
 ROUTES = 5_000
 CANCELS = 1_000
-
-try:
-    import anyio
-except ImportError:  # the test extra has it; without it the backend tests say so
-    anyio = None
-
-BACKENDS = ["asyncio", "anyio-asyncio", "anyio-trio"]
-
-
-def run(backend: str, main: Callable[[], Awaitable[Any]]) -> Any:
-    """main() on backend: bare asyncio, or anyio on asyncio or on trio."""
-    if backend == "asyncio":
-        async def wrapped() -> Any:
-            return await main()
-        return asyncio.run(wrapped())
-    need(anyio is not None, "anyio is not installed (the test extra has it)")
-    name = backend.removeprefix("anyio-")
-    if name == "trio":
-        try:
-            import trio  # noqa: F401
-        except ImportError:
-            need(False, "trio is not installed (the test extra has it)")
-    return anyio.run(main, backend=name)
-
 
 @pytest.fixture(scope="module")
 def ns() -> Iterator[Netns]:
@@ -101,14 +79,6 @@ def raw(msgs: list[Message]) -> list[tuple[int, bytes]]:
 def blocking_routes(ns: Netns) -> list[Any]:
     with Socket(netlink.NETLINK_ROUTE, ns.name, strict=True) as sock:
         return table_routes(sock.dump(route_dump(), decode=True).all())
-
-
-def open_fds() -> set[int]:
-    return {int(fd) for fd in os.listdir("/proc/self/fd")}
-
-
-def threads() -> int:
-    return len(os.listdir("/proc/self/task"))
 
 
 # ---------------------------------------------------------------------------
@@ -316,22 +286,7 @@ OPS = [_op_dump_all, _op_dump_iter, _op_dump_retries, _op_batches, _op_transact,
 async def _cancel_at_random(asock: AsyncSocket, op: Any, rng: random.Random) -> str:
     """op in a task, cancelled at a random point; what happened to it."""
     log: list[AsyncDump[Any]] = []
-    task = asyncio.ensure_future(op(asock, log))
-    how = rng.choice(["at once", "turns", "delay"])
-    if how == "turns":
-        for _ in range(rng.randint(1, 12)):
-            await asyncio.sleep(0)
-    elif how == "delay":
-        await asyncio.sleep(rng.uniform(0, 0.004))
-    task.cancel()
-    try:
-        await task
-    except asyncio.CancelledError:
-        outcome = "cancelled"
-    except TimeoutError:
-        outcome = "timed out"  # _op_recv's own short timeout
-    else:
-        outcome = "completed"
+    how, outcome = await cancel_at_random(asyncio.ensure_future(op(asock, log)), rng, 0.004)
     for dump in log:
         assert dump.finished, (op.__name__, how, outcome)  # cancelled or read: closed
     return outcome

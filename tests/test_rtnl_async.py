@@ -19,8 +19,9 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
+from lwasync import BACKENDS, cancel_at_random, run, threads
+from lwasync import fd_numbers as open_fds
 from lwnetns import Netns, drop_netns, make_netns
-from lwtest import need
 
 from latchwire import rtnl
 from latchwire.errors import NetlinkError
@@ -31,30 +32,6 @@ pytestmark = [pytest.mark.usefixtures("watchdog"), pytest.mark.kernel]
 AF_INET, AF_INET6 = rtnl.AF_INET, rtnl.AF_INET6
 TABLE = 100
 CANCELS = 1_000
-
-try:
-    import anyio
-except ImportError:
-    anyio = None
-
-BACKENDS = ["asyncio", "anyio-asyncio", "anyio-trio"]
-
-
-def run(backend: str, main: Callable[[], Awaitable[Any]]) -> Any:
-    """main() on backend: bare asyncio, or anyio on asyncio or on trio."""
-    if backend == "asyncio":
-        async def wrapped() -> Any:
-            return await main()
-        return asyncio.run(wrapped())
-    need(anyio is not None, "anyio is not installed (the test extra has it)")
-    name = backend.removeprefix("anyio-")
-    if name == "trio":
-        try:
-            import trio  # noqa: F401
-        except ImportError:
-            need(False, "trio is not installed (the test extra has it)")
-    return anyio.run(main, backend=name)
-
 
 def world_lines() -> Iterator[str]:
     yield "link set lo up"
@@ -211,14 +188,6 @@ def test_events_arrive(scratch: Netns, backend: str) -> None:
 # Cancellation at random points
 
 
-def open_fds() -> set[int]:
-    return {int(fd) for fd in os.listdir("/proc/self/fd")}
-
-
-def threads() -> int:
-    return len(os.listdir("/proc/self/task"))
-
-
 async def _batches(aip: AsyncRoute) -> None:
     async for _ in aip.route_batches(table=TABLE):
         pass
@@ -250,19 +219,8 @@ def test_random_cancellation_leaves_nothing_behind(world: Netns) -> None:
         readers = len(loop._selector.get_map())  # type: ignore[attr-defined]
         async with AsyncRoute(world.name) as aip:
             for i in range(CANCELS):
-                task = asyncio.ensure_future(OPS[i % len(OPS)](aip))
-                how = rng.choice(["at once", "turns", "delay"])
-                if how == "turns":
-                    for _ in range(rng.randint(1, 12)):
-                        await asyncio.sleep(0)
-                elif how == "delay":
-                    await asyncio.sleep(rng.uniform(0, 0.005))
-                task.cancel()
-                try:
-                    await task
-                    outcome = "completed"
-                except asyncio.CancelledError:
-                    outcome = "cancelled"
+                _, outcome = await cancel_at_random(
+                    asyncio.ensure_future(OPS[i % len(OPS)](aip)), rng, 0.005)
                 outcomes[outcome] = outcomes.get(outcome, 0) + 1
                 assert (await aip.link("va5")).key == want_link, i
                 if i % 50 == 0:
