@@ -81,7 +81,7 @@ def test_a_thousand_tasks_pass_one_at_a_time_in_arrival_order_without_threads(
     """1,000 tasks, each with its own FileLock, queue for a lock one of them holds: each
     gets it alone, in the order it asked, and no helper thread ever runs (every hand-off is
     a release callback in the loop); afterwards no gate, thread or descriptor is left."""
-    fds = open_fds()
+    fds = open_fds(settle=True)
     section = Section()
 
     async def task(who: int, lock: FileLock, started: asyncio.Event) -> None:
@@ -114,7 +114,7 @@ def test_a_thousand_tasks_pass_one_at_a_time_in_arrival_order_without_threads(
     assert section.order == list(range(TASKS)), "the tasks were not served in arrival order"
     assert section.peak_helpers == 0, "a hand-off between tasks used a helper thread"
     assert gates_left() == 0 and not helper_threads()
-    assert open_fds() == fds
+    assert open_fds() <= fds, "a descriptor was left open"
     assert probe(lockfile) == "free"
 
 
@@ -230,7 +230,7 @@ def test_random_cancels_and_timeouts_leave_nothing_behind(lockfile: str,
     process takes the file now and then: every task ends held-and-released, cancelled or
     timed out; nobody is inside beside a writer; at the end nothing is held, queued,
     waiting in a thread or in the kernel, and no descriptor is left open."""
-    fds = open_fds()
+    fds = open_fds(settle=True)
     section = Section()
     rng = random.Random(14)
     outcomes: dict[str, int] = {}
@@ -295,10 +295,7 @@ def test_random_cancels_and_timeouts_leave_nothing_behind(lockfile: str,
     assert kernel_waiters(lockfile) == 0
     assert gates_left() == 0
     locks.clear()
-    import gc
-    left = open_fds()
-    gc.collect()
-    assert left == fds, f"{left} vs {fds}; after gc {open_fds()}"
+    assert open_fds() <= fds, "a descriptor was left open (or kept by a reference cycle)"
     assert probe(lockfile) == "free"
 
 

@@ -158,7 +158,7 @@ def test_random_cancels_leave_no_wait_and_no_lease(tmp_path: Path) -> None:
     """1,000 owners await three leases, shared or not, with random timeouts, while the
     loop cancels random tasks: afterwards every owner can ask again (no wait registered),
     the lockspace holds nothing, no helper thread runs and no descriptor is left open."""
-    fds = open_fds()
+    fds = open_fds(settle=True)
     space = LockSpace(tmp_path)
     rng = random.Random(19)
     ended: dict[str, int] = {}
@@ -199,4 +199,4 @@ def test_random_cancels_leave_no_wait_and_no_lease(tmp_path: Path) -> None:
     assert space.held() == []
     assert helper_threads() == 0
     assert left_behind() == 0
-    assert open_fds() == fds
+    assert open_fds() <= fds, "a descriptor was left open"

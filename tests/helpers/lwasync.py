@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import random
 from collections.abc import Awaitable, Callable
@@ -36,9 +37,14 @@ def run(backend: str, main: Callable[[], Awaitable[Any]]) -> Any:
     return anyio.run(main, backend=name)
 
 
-def open_fds() -> int:
+def open_fds(settle: bool = False) -> int:
     """This process's descriptors, but for its one inotify instance (the path watch),
-    which a lock record's second grant makes and the process keeps."""
+    which a lock record's second grant makes and the process keeps. With settle, the
+    garbage of earlier tests is collected first (so that it does not close descriptors
+    during the test that counts): take a baseline so, and compare the count at the end,
+    without collecting, with ``<=``."""
+    if settle:
+        gc.collect()
     count = 0
     for fd in os.listdir("/proc/self/fd"):
         with contextlib.suppress(FileNotFoundError):  # the listing's own, closed since
