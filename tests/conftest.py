@@ -34,6 +34,19 @@ from lwtest import GUARD, need  # noqa: E402
 from latchwire import _core, lockorder  # noqa: E402
 
 
+@pytest.fixture(scope="module")
+def genl_netns() -> Iterator[str]:
+    """A fresh network namespace's name (``ip netns add``) for a module's generic
+    netlink tests, deleted afterwards."""
+    from lwnetns import drop_netns, make_netns
+
+    ns = make_netns([], prefix="lwtest-genl")
+    try:
+        yield ns.name
+    finally:
+        drop_netns(ns)
+
+
 @pytest.fixture
 def root() -> None:
     """The test needs to run as root."""

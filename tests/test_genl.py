@@ -19,11 +19,10 @@ import secrets
 import shutil
 import struct
 import subprocess
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import pytest
-from lwnetns import drop_netns, make_netns
 from lwtest import BOUND, need
 
 from latchwire import genl, netlink
@@ -307,22 +306,12 @@ def test_every_truncation_of_a_real_reply_is_a_protocol_error_or_a_family() -> N
 # Namespaces and multicast groups
 
 
-@pytest.fixture(scope="module")
-def netns() -> Iterator[str]:
-    """A fresh network namespace's name (``ip netns add``), deleted afterwards."""
-    ns = make_netns([], prefix="lwtest-genl")
-    try:
-        yield ns.name
-    finally:
-        drop_netns(ns)
-
-
-def test_families_in_a_namespace_match_genl_there(netns: str) -> None:
+def test_families_in_a_namespace_match_genl_there(genl_netns: str) -> None:
     """Outside the initial namespace the kernel shows only the families that support
     namespaces: what genl.families(netns=...) sees must be what genl sees run there."""
     assert IP is not None
-    inside = genl.families(netns=netns, timeout=BOUND)
-    listed = genl_ctrl("list", prefix=[IP, "netns", "exec", netns])
+    inside = genl.families(netns=genl_netns, timeout=BOUND)
+    listed = genl_ctrl("list", prefix=[IP, "netns", "exec", genl_netns])
     assert {(f.name, f.id) for f in inside} == {(x.name, x.id) for x in listed.values()}
     for family in inside:
         assert_same(family, listed[family.name])
@@ -330,14 +319,14 @@ def test_families_in_a_namespace_match_genl_there(netns: str) -> None:
     assert all(host[family.name] == family for family in inside)  # ids are global
     for name in host.keys() - {family.name for family in inside}:
         with pytest.raises(NetlinkError) as raised:
-            genl.resolve(name, netns=netns, timeout=BOUND)
+            genl.resolve(name, netns=genl_netns, timeout=BOUND)
         assert raised.value.errno == errno.ENOENT
 
 
-def test_resolve_in_a_namespace_by_name_and_by_descriptor(netns: str) -> None:
+def test_resolve_in_a_namespace_by_name_and_by_descriptor(genl_netns: str) -> None:
     nlctrl = genl.resolve("nlctrl", timeout=BOUND)
-    assert genl.resolve("nlctrl", netns=netns, timeout=BOUND) == nlctrl
-    fd = os.open(f"/run/netns/{netns}", os.O_RDONLY | os.O_CLOEXEC)
+    assert genl.resolve("nlctrl", netns=genl_netns, timeout=BOUND) == nlctrl
+    fd = os.open(f"/run/netns/{genl_netns}", os.O_RDONLY | os.O_CLOEXEC)
     try:
         assert genl.resolve("nlctrl", netns=fd, timeout=BOUND) == nlctrl
         os.fstat(fd)  # the caller's descriptor is still open

@@ -8,10 +8,8 @@ import errno
 import os
 import random
 import threading
-from collections.abc import Iterator
 
 import pytest
-from lwnetns import drop_netns, make_netns
 from lwtest import BOUND
 
 from latchwire import genl, genl_async, netlink
@@ -21,21 +19,12 @@ from latchwire.netlink_async import AsyncSocket
 pytestmark = [pytest.mark.usefixtures("watchdog"), pytest.mark.kernel]
 
 
-@pytest.fixture(scope="module")
-def netns() -> Iterator[str]:
-    ns = make_netns([], prefix="lwtest-genl")
-    try:
-        yield ns.name
-    finally:
-        drop_netns(ns)
-
-
-def test_awaited_answers_are_the_blocking_ones(netns: str) -> None:
+def test_awaited_answers_are_the_blocking_ones(genl_netns: str) -> None:
     """families() and resolve() of every family, awaited, equal the blocking calls'
     answers, here and in a namespace (where fewer families show)."""
 
     async def main() -> None:
-        for where in (None, netns):
+        for where in (None, genl_netns):
             blocking = genl.families(netns=where, timeout=BOUND)
             assert await genl_async.families(netns=where, timeout=BOUND) == blocking
             for family in blocking:
