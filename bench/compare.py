@@ -15,7 +15,8 @@ dumps). Each part is a module of its own beside it, its docstring saying what it
 compares against what: ``part_filelock.py``, ``part_lockspace.py``, ``part_locks.py``
 (rwlock, alias mutex), ``part_objects.py``, ``part_netlink.py`` (dump) and
 ``part_rtnl.py`` (routes, links), the last three with the namespaces of
-``netns_setup.py``, and ``part_cli.py`` (cli: the command, whole processes). The
+``netns_setup.py``, ``part_deadlock.py`` (deadlock: cycles across processes) and
+``part_cli.py`` (cli: the command, whole processes). The
 pytest-benchmark suites (``test_bench_*.py``) import their workloads from the same
 modules.
 
@@ -41,6 +42,7 @@ from pathlib import Path
 
 import part_async_locks
 import part_cli
+import part_deadlock
 import part_filelock
 import part_locks
 import part_lockspace
@@ -91,6 +93,9 @@ PARTS = (
     Part("async-filelock", part_async_locks.async_filelock_part,
          "FileLock.acquire_async() hand-offs between tasks and a queue of 1,000 tasks, "
          "against asyncio.Lock"),
+    Part("deadlock", part_deadlock.deadlock_part,
+         "LockDeadlock: from a 2-, 3- or 4-process wait cycle closing to the raise, and "
+         "what the check costs a wait"),
     Part("cli", part_cli.cli_part,
          "the latchwire command, whole processes: ip routes (--json) against ip (-j) route "
          "show on 100,000 routes (root and ip), lock FILE -- true against flock(1)"),

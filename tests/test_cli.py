@@ -164,10 +164,11 @@ def test_locks_on_a_missing_path_is_an_error_of_its_own(tmp_path: Path) -> None:
             f"latchwire: {missing}: No such file or directory (nor lock file "
             f"{missing.parent / ('.' + missing.name + '.~lock~')})"]
     assert run("locks", "--json", str(tmp_path / "no" / "dir")).returncode == 3
-    helped = run("locks", "--help").stdout
-    assert "exit status: 0 if some process holds a lock; 1 if none does" in helped
+    helped = " ".join(run("locks", "--help").stdout.split())
+    assert ("exit status: 0 if some process holds a lock (or, with --waiters, waits); 1 if "
+            "none does") in helped
     assert "3 if neither PATH nor its lock file exists" in helped
-    assert "PATH (the file locked), PID," in " ".join(helped.split())
+    assert "PATH (the file locked), PID," in helped
 
 
 @contextmanager

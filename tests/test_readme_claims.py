@@ -33,6 +33,7 @@ import errno
 import fcntl
 import gc
 import multiprocessing
+import multiprocessing.connection
 import os
 import re
 import shutil
@@ -47,7 +48,7 @@ from typing import Any
 
 import pytest
 from lwagent import Agent
-from lwfcntl import fcntl_probe, kernel_waiters, wait_in_kernel
+from lwfcntl import fcntl_probe, wait_in_kernel
 from lwtest import WAIT, child_env, need, new_lock
 from lwthreads import Worker, wait_in_futex
 
@@ -60,7 +61,7 @@ MODES = [pytest.param(False, id="ofd"), pytest.param(True, id="posix")]
 
 
 # ---------------------------------------------------------------------------
-# No deadlock detection across processes
+# The kernel refuses only a POSIX cycle (latchwire checks the others itself)
 
 
 def _setlk(fd: int, cmd: int, ltype: int) -> None:
@@ -126,26 +127,30 @@ def test_the_kernel_refuses_only_a_posix_cycle_with_edeadlk(tmp_path: Path, posi
 
 
 @pytest.mark.parametrize("posix", MODES)
-def test_filelocks_in_a_cycle_across_processes_end_by_timeout_not_edeadlk(
+def test_filelocks_in_a_cycle_across_processes_raise_lockdeadlock(
         tmp_path: Path, agents: Callable[..., Agent], posix: bool) -> None:
+    """Where the kernel refuses nothing (OFD) and where it refuses with EDEADLK a wait
+    latchwire would retry (POSIX locks), the cycle raises LockDeadlock in one of the
+    two (the closer, or the first at a re-check), long before any timeout; once that
+    one lets go, the other is granted. (tests/test_deadlock.py covers the rest.)"""
     a, b = str(tmp_path / "a"), str(tmp_path / "b")
     first, second = agents(None, space=True, posix=posix), agents(None, space=True, posix=posix)
     assert first.ok("lockfile", path=a) and second.ok("lockfile", path=b)
-    first.send("acquire", name=b, wait=True, timeout=1.0)
+    first.send("acquire", name=b, wait=True, timeout=WAIT)
     wait_in_kernel(b, 1, watch=[first])
     second.send("acquire", name=a, wait=True, timeout=WAIT)  # closes the cycle
-    if not posix:  # both sleep in the kernel, neither refused
-        wait_in_kernel(a, 1, watch=[first, second])
-        assert kernel_waiters(b) == 1
-    timed_out = first.reply()
-    assert timed_out["error"] == "LockTimeout", timed_out
-    assert timed_out["t1"] - timed_out["t0"] >= 1.0
-    # Under POSIX locks the kernel refused the second wait with EDEADLK; latchwire
-    # tried it again and again, so it is granted as soon as the cycle is broken.
-    first.ok("unlockfile", path=a)
-    granted = second.reply()
+    ready = multiprocessing.connection.wait([first, second], WAIT)
+    assert ready, "nobody raised"
+    raiser = ready[0]
+    other = second if raiser is first else first
+    refused = raiser.reply()  # type: ignore[union-attr]
+    assert refused.get("error") == "LockDeadlock" and refused["errno"] == errno.EDEADLK, refused
+    assert refused["t1"] - refused["t0"] < WAIT / 2
+    raiser.ok("unlockfile", path=a if raiser is first else b)  # type: ignore[union-attr]
+    granted = other.reply()
+    if granted.get("error") == "LockDeadlock":  # both checks saw the cycle: both raised
+        return
     assert granted.get("result", granted) is None, granted  # LockSpace.acquire returns None
-    assert granted["t1"] > timed_out["t1"]
 
 
 # ---------------------------------------------------------------------------

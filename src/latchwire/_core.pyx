@@ -35,7 +35,7 @@ from libc.errno cimport (EACCES, EAGAIN, EDEADLOCK, EINTR, EINVAL, ELOOP, ENOBUF
                          errno)
 from libc.stdlib cimport abort
 from libc.signal cimport SIG_DFL
-from libc.string cimport memset
+from libc.string cimport memcpy, memset
 from posix.fcntl cimport (F_DUPFD_CLOEXEC, F_GETFL, F_RDLCK, F_SETFD, F_SETLK, F_SETLKW,
                           F_UNLCK, F_WRLCK, FD_CLOEXEC, O_ACCMODE, O_CLOEXEC,
                           O_CREAT, O_NOCTTY, O_NONBLOCK, O_RDONLY, O_RDWR, SEEK_SET,
@@ -46,8 +46,8 @@ from posix.signal cimport (SIG_SETMASK, SIG_UNBLOCK, sigaction, sigaction_t, sig
 from posix.stat cimport S_ISREG, fstat, lstat, struct_stat
 from posix.time cimport (CLOCK_MONOTONIC, clock_gettime, itimerspec, nanosleep, timer_create,
                          timer_delete, timer_settime, timer_t, timespec)
-from posix.types cimport dev_t, ino_t
-from posix.unistd cimport close, read, unlink
+from posix.types cimport dev_t, ino_t, off_t
+from posix.unistd cimport close, pwrite, read, unlink
 
 from latchwire._cpython cimport (PyCodeObject, PyErr_CheckSignals, PyEval_GetFrame,
                                  PyFrameObject, PyCode_Addr2Line, PyThreadState_GetDict,
@@ -91,6 +91,8 @@ include "_lockdep.pxi"
 include "_pathwatch.pxi"
 include "_lockfile.pxi"
 include "_filelock.pxi"
+include "_waitboard.pxi"
+include "_deadlock.pxi"
 include "_mutex.pxi"
 include "_netlink.pxi"
 include "_rtnl.pxi"

@@ -270,7 +270,9 @@ cdef class FileLock:
         ``timeout=None`` waits in the kernel as long as it takes; a number of
         seconds raises LockTimeout after that long. ``blocking=False`` raises
         LockBusy at once if the lock is held elsewhere. Another thread's
-        ``cancel()`` makes a waiting call raise LockCancelled.
+        ``cancel()`` makes a waiting call raise LockCancelled. A wait that
+        would close a cycle of processes, each waiting for a lock the next
+        holds, raises LockDeadlock (nothing taken) instead of sleeping in it.
         """
         self._acquire(LW_SHARED if shared else LW_EXCLUSIVE, blocking,
                       -1 if timeout is None else lw_deadline(timeout, blocking), False,
@@ -358,7 +360,8 @@ cdef class FileLock:
         """Turn a shared hold into an exclusive one, atomically.
 
         The shared lock is kept while waiting and if the upgrade fails
-        (LockBusy, LockTimeout, LockCancelled). RuntimeError if another object
+        (LockBusy, LockTimeout, LockCancelled, LockDeadlock: two processes
+        upgrading the same file wait for each other). RuntimeError if another object
         in this process is already upgrading the same file.
         """
         cdef double deadline = lw_deadline(timeout, blocking)

@@ -543,7 +543,7 @@ cdef class _LockFile:
                       bint detached, unsigned int cgen, object code, int lasti,
                       unsigned int *grant) except LW_FAILED:
         cdef lw_fwait w
-        cdef int out
+        cdef int out, slot = -1
         cdef void *old_site = NULL
         memset(&w, 0, sizeof(w))
         w.lock = <void *>h
@@ -602,8 +602,11 @@ cdef class _LockFile:
                 w.word = 0
                 lw_mutex_unlock(&self.mu)
                 try:
+                    _watch_begin(self, h, _lock_kind(self, False), mode == LW_EXCLUSIVE, &slot)
                     lw_wait_word(&w.word, 0, deadline)
                 finally:
+                    _board_wipe(slot)   # a claim next writes its own (see _kernel_wait)
+                    slot = -1
                     lw_lock(&self.mu)
                 lw_perturb()
             grant[0] = h.grants
@@ -749,8 +752,10 @@ cdef class _LockFile:
     # Wait in the kernel for the lock of type ltype through fd (with use_flock,
     # the flock(2) lock of operation ltype, LOCK_SH or LOCK_EX): LW_GRANTED,
     # LW_TIMED_OUT at deadline, LW_CANCELLED once h.cancel_gen moved past cgen,
-    # or a positive errno; raises what a signal handler raised. Woken by this
-    # thread's wake timer, armed for the deadline or by cancel().
+    # or a positive errno; raises what a signal handler raised, and
+    # LockDeadlock when the deadlock check (_deadlock.pxi) finds the wait on a
+    # cycle, as it begins or at a re-check. Woken by this thread's wake timer,
+    # armed for the deadline or the next re-check, or by cancel().
     # Caller: the claimant (w is claim), without mu.
     cdef int _kernel_wait(self, lw_fwait *w, FileLock h, short ltype, double deadline,
                           unsigned int cgen, bint use_flock) except LW_FAILED:
@@ -761,6 +766,9 @@ cdef class _LockFile:
         cdef sigset_t wake_set, old_mask
         cdef bint armed = False, kicked
         cdef double backoff = 0.001
+        cdef double recheck = -1.0, interval = LW_DEADLOCK_FIRST
+        cdef int kind = _lock_kind(self, use_flock), slot = -1
+        cdef bint exclusive = ltype == (LOCK_EX if use_flock else F_WRLCK)
         if not signo:
             signo = wake_signal()
         err = lw_thread_timer(signo, &timer)
@@ -775,18 +783,25 @@ cdef class _LockFile:
         w.kicked = False
         lw_mutex_unlock(&self.mu)
         try:
-            if deadline >= 0:
-                memset(&its, 0, sizeof(its))
-                lw_timespec(deadline, &its.it_value)
-                its.it_interval.tv_nsec = LW_REFIRE_NS
-                if timer_settime(timer, TIMER_ABSTIME, &its, NULL) != 0:
-                    return errno
+            if _watch_begin(self, h, kind, exclusive, &slot):
+                recheck = lw_now() + interval
+            if deadline >= 0 or recheck >= 0:
+                err = self._arm_wake(w, timer, deadline, recheck)
+                if err:
+                    return err
                 armed = True
             while True:
                 if lw_load_u(&h.cancel_gen) != cgen:
                     return LW_CANCELLED
                 if deadline >= 0 and lw_now() >= deadline:
                     return LW_TIMED_OUT
+                if recheck >= 0 and lw_now() >= recheck:
+                    _watch_check(self, h, kind, exclusive, None)
+                    interval = min(interval * 2, LW_DEADLOCK_LAST)
+                    recheck = lw_now() + interval
+                    err = self._arm_wake(w, timer, deadline, recheck)
+                    if err:
+                        return err
                 with nogil:
                     if lw_perturb_on:
                         lw_perturb_pause()
@@ -814,8 +829,28 @@ cdef class _LockFile:
             lw_mutex_unlock(&self.mu)
             if armed or kicked:
                 lw_timer_disarm(timer)
+            _board_wipe(slot)
             if sigismember(&old_mask, signo):
                 pthread_sigmask(SIG_SETMASK, &old_mask, NULL)
+
+    # Arm w's wake timer (timer) for the deadline or the re-check, whichever
+    # comes first (either -1: none), unless cancel() has kicked it: 0 or an
+    # errno. Caller: the claimant in _kernel_wait, without mu.
+    cdef int _arm_wake(self, lw_fwait *w, timer_t timer, double deadline,
+                       double recheck) noexcept:
+        cdef itimerspec its
+        cdef double when = deadline
+        cdef int err = 0
+        if when < 0 or (0 <= recheck < when):
+            when = recheck
+        memset(&its, 0, sizeof(its))
+        lw_timespec(when, &its.it_value)
+        its.it_interval.tv_nsec = LW_REFIRE_NS
+        lw_lock(&self.mu)
+        if not w.kicked and timer_settime(timer, TIMER_ABSTIME, &its, NULL) != 0:
+            err = errno
+        lw_mutex_unlock(&self.mu)
+        return err
 
     # ---- changes by a holder --------------------------------------------
 

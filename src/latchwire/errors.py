@@ -15,6 +15,7 @@ __all__ = [
     "DumpInterrupted",
     "LockBusy",
     "LockCancelled",
+    "LockDeadlock",
     "LockOrderError",
     "LockTimeout",
     "NetlinkError",
@@ -53,6 +54,25 @@ class LockCancelled(InterruptedError):
 
 class LockOrderError(RuntimeError):
     """Two lock classes were taken in opposite orders (a potential deadlock)."""
+
+
+class LockDeadlock(LockOrderError, OSError):
+    """Waiting for a file lock would close a cycle of processes, each waiting for
+    a lock the next one holds: the wait would never end (errno ``EDEADLK``).
+
+    ``cycle`` is the cycle as ``(wait, hold)`` pairs of ``latchwire.waitgraph``'s
+    ``Wait`` and ``Hold``, the calling thread's wait first; the message names
+    every process, file and mode on it. Nothing was taken: the caller should let
+    go of what it holds (which breaks the cycle for the others) and try again.
+    """
+
+    def __init__(self, what: str, path: str | None = None,
+                 cycle: tuple[tuple[object, object], ...] = ()) -> None:
+        super().__init__(errno.EDEADLK, what)
+        self.errno = errno.EDEADLK
+        self.strerror = what
+        self.filename = path
+        self.cycle = tuple(cycle)
 
 
 class NetlinkError(OSError):

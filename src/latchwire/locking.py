@@ -13,6 +13,7 @@ import os
 from collections.abc import Iterator
 
 from latchwire import _core
+from latchwire._procfs import command, granted_locks
 
 # Not typing's: this module is on the path of every latchwire lock command, and typing
 # is the largest import there would be (mypy reads the name as typing's).
@@ -87,28 +88,24 @@ class FileLock(_core.FileLock):
         return file_holders(_core.FileLock(path, lockfile).lockfile)
 
 
-_KINDS = {"OFDLCK": "ofd", "POSIX": "posix", "FLOCK": "flock"}
-_MODES = {"READ": "shared", "WRITE": "exclusive"}
+def _check_wait(dev: int, ino: int, exclusive: bool, kind: str, path: str,
+                own: list[tuple[int, int, bool, str]]) -> None:
+    """The core's deadlock check until the first wait that needs one: it imports
+    latchwire.waitgraph (a program that never waits holding a lock never does) and
+    makes its check_wait the core's."""
+    from latchwire.waitgraph import check_wait
 
+    _core._set_deadlock_check(check_wait)
+    check_wait(dev, ino, exclusive, kind, path, own)
+
+
+_core._set_deadlock_check(_check_wait)
 
 def _lock_lines(text: str, key: str) -> Iterator[tuple[str, str, int]]:
     """(kind, mode, pid) of each granted lock in /proc/locks-style text on the inode key."""
-    for line in text.splitlines():
-        fields = line.split()
-        if fields and fields[0] == "lock:":
-            fields = fields[1:]
-        # "1: POSIX ADVISORY WRITE 1234 fe:00:42 0 EOF"; waiters have "->" after the number.
-        if len(fields) >= 6 and fields[1] != "->" and fields[5] == key:
-            kind = _KINDS.get(fields[1], fields[1].lower())
-            yield kind, _MODES.get(fields[3], "?"), int(fields[4])
-
-
-def _command(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().rstrip(b"\0").replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
+    for kind, exclusive, pid, file, _, _ in granted_locks(text):
+        if file == key:
+            yield kind, "exclusive" if exclusive else "shared", pid
 
 
 def file_holders(path: str | os.PathLike[str]) -> list[Holder]:
@@ -136,7 +133,7 @@ def file_holders(path: str | os.PathLike[str]) -> list[Holder]:
             for kind, mode, _ in _lock_lines(text, key):
                 if kind != "posix":
                     found[pid, mode, kind] = None
-    return [Holder(pid, mode, kind, _command(pid)) for pid, mode, kind in found]
+    return [Holder(pid, mode, kind, command(pid)) for pid, mode, kind in found]
 
 
 def _fdinfos_naming(ino: int) -> Iterator[tuple[int, str]]:

@@ -114,18 +114,25 @@ def lockspace_ops(directory: str | None) -> Callable[[str], Callable[..., Any]]:
     space = LockSpace(directory)
     files: dict[str, FileLock] = {}
 
-    def lockfile(path: str, shared: bool = False) -> bool:
-        """FileLock(path, lockfile=path), not through the lockspace, without waiting."""
-        lock = FileLock(path, lockfile=path)
-        result = lock.acquire(blocking=False, shared=shared)
+    def lockfile(path: str, shared: bool = False, wait: bool = False,
+                 timeout: float | None = None) -> bool:
+        """FileLock(path, lockfile=path), not through the lockspace; without waiting
+        unless wait (then up to timeout seconds)."""
+        lock = files[path] if path in files else FileLock(path, lockfile=path)
+        result = lock.acquire(blocking=wait, timeout=timeout, shared=shared)
         files[path] = lock
         return result
+
+    def upgradefile(path: str, timeout: float | None = None) -> bool:
+        """Upgrade what lockfile(path, shared=True) took."""
+        return files[path].upgrade(timeout=timeout)
 
     def unlockfile(path: str) -> None:
         """Release what lockfile(path) took."""
         files.pop(path).release()
 
-    extra: dict[str, Callable[..., Any]] = {"lockfile": lockfile, "unlockfile": unlockfile}
+    extra: dict[str, Callable[..., Any]] = {"lockfile": lockfile, "unlockfile": unlockfile,
+                                            "upgradefile": upgradefile}
     return lambda op: extra[op] if op in extra else getattr(space, op)
 
 

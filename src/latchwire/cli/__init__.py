@@ -2,7 +2,7 @@
 
     latchwire lock [--shared] [--timeout S | --nonblock] [--file] [--close] [--flock]
                    PATH -- COMMAND [ARG...]
-    latchwire locks [--json] PATH|DIR
+    latchwire locks [--json] [--waiters] PATH|DIR
     latchwire ip links|addrs|routes|neigh [-4|-6] [--table N|all] [--json] [--netns NAME]
     latchwire monitor [--netns NAME] [--json] [link|addr|route|neigh ...]
     latchwire --version
@@ -71,8 +71,19 @@ first, then its flock holders, and when a file has both, a note on stderr says
 they do not conflict. --json gives the same fields (path, pid, mode, kind,
 command).
 
-exit status: 0 if some process holds a lock; 1 if none does; 2 for a usage
-error; 3 if neither PATH nor its lock file exists, or PATH cannot be read.
+--waiters adds TID, STATE (holds or waits) and, for each wait, QUEUE (its place
+among the waits on that file, in the order they began; ? for a process that
+does not use latchwire, whose waits show in the kernel only and are listed
+last) and WAITED (seconds so far); holders come first, with - there. Then one
+line for each wait cycle among the waiting threads ("cycle: ..."), which
+latchwire breaks with LockDeadlock in the thread that closes it. --json
+--waiters gives an object: holders, waiters (with queue, waited and each
+waiter's holds) and cycles. Waits of other users' processes are seen only by
+root.
+
+exit status: 0 if some process holds a lock (or, with --waiters, waits); 1 if
+none does; 2 for a usage error; 3 if neither PATH nor its lock file exists, or
+PATH cannot be read.
 """
 
 _IP_EPILOG = """\
@@ -139,7 +150,10 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
                            description="List the processes holding locks on PATH and on\n"
                            "PATH's lock file (.NAME.~lock~), or on every file in DIR.",
                            epilog=_LOCKS_EPILOG, formatter_class=raw)
-    locks.add_argument("--json", action="store_true", help="one JSON array")
+    locks.add_argument("--json", action="store_true", help="one JSON array (an object with "
+                       "--waiters)")
+    locks.add_argument("--waiters", "-w", action="store_true",
+                       help="also who waits, in the order the waits began, and any cycle")
     locks.add_argument("path", metavar="PATH|DIR")
 
     ip = sub.add_parser("ip", help="show links, addresses, routes or neighbours, as ip does",

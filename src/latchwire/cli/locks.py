@@ -13,6 +13,7 @@ import json
 import os
 import sys
 
+from latchwire.cli._common import printable
 from latchwire.locking import FileLock, Holder, file_holders
 
 MISSING = 3  # the exit status when PATH is not there to look at
@@ -33,17 +34,23 @@ def run(args: argparse.Namespace) -> int:
         rows += [(path, h) for h in holders]
         if len({h.kind in _BYTE_RANGE for h in holders}) == 2:
             mixed.append(path)
-    if args.json:
+    if args.waiters:
+        from latchwire.cli.waiters import show
+
+        found = show(rows, paths, args.json)
+    elif args.json:
         print(json.dumps([{"path": path, **h._asdict()} for path, h in rows], indent=2))
+        found = bool(rows)
     else:
         print("\t".join(_COLUMNS))
         for path, h in rows:
-            print(f"{_printable(path)}\t{h.pid}\t{h.mode}\t{h.kind}\t{_printable(h.command)}")
+            print(f"{printable(path)}\t{h.pid}\t{h.mode}\t{h.kind}\t{printable(h.command)}")
+        found = bool(rows)
     sys.stdout.flush()
     for path in mixed:
-        print(f"latchwire: note: {_printable(path)} has flock holders and ofd/posix holders: "
+        print(f"latchwire: note: {printable(path)} has flock holders and ofd/posix holders: "
               "flock locks do not conflict with ofd or posix ones", file=sys.stderr)
-    return 0 if rows else 1
+    return 0 if found else 1
 
 
 def _paths(path: str) -> list[str]:
@@ -64,8 +71,3 @@ def _paths(path: str) -> list[str]:
         raise FileNotFoundError(2, f"No such file or directory (nor lock file {lockfile})",
                                 path)
     return found
-
-
-def _printable(text: str) -> str:
-    """text with control characters escaped, so that a holder stays on one line."""
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
