@@ -796,12 +796,14 @@ cdef class _LockFile:
                 if deadline >= 0 and lw_now() >= deadline:
                     return LW_TIMED_OUT
                 if recheck >= 0 and lw_now() >= recheck:
-                    _watch_check(self, h, kind, exclusive, None)
+                    # Re-armed first: the timer, past its time, fires every
+                    # LW_REFIRE_NS and would interrupt the check's reads.
                     interval = min(interval * 2, LW_DEADLOCK_LAST)
                     recheck = lw_now() + interval
                     err = self._arm_wake(w, timer, deadline, recheck)
                     if err:
                         return err
+                    _watch_check(self, h, kind, exclusive, None)
                 with nogil:
                     if lw_perturb_on:
                         lw_perturb_pause()
