@@ -292,17 +292,28 @@ def _read_board(pid: int, path: str) -> list[Waiter] | None:
 
 def _alive(pid: int, starttime: int, path: str) -> bool:
     """Whether the board at path is of the live process pid that made it; a stale
-    one (its process gone, or the pid another's now) is removed if it may be."""
-    stat = _read(f"/proc/{pid}/stat")
+    one (its process gone or a zombie, whose locks the kernel has dropped, or the
+    pid another's now) is removed if it may be."""
+    alive = _running(pid) == starttime
     try:
-        alive = stat is not None and int(stat.rsplit(b")", 1)[1].split()[19]) == starttime
         owner_ok = alive and os.stat(path).st_uid == os.stat(f"/proc/{pid}").st_uid
-    except (OSError, ValueError, IndexError):
+    except OSError:
         return False
     if not alive:
         with contextlib.suppress(OSError):
             os.unlink(path)
     return owner_ok
+
+
+def _running(pid: int) -> int | None:
+    """pid's start time (in clock ticks after boot) if it runs, None if it is gone or
+    a zombie (dead, not yet reaped: it holds no lock and waits for none)."""
+    stat = _read(f"/proc/{pid}/stat")
+    try:
+        fields = stat.rsplit(b")", 1)[1].split() if stat else []
+        return None if not fields or fields[0] in (b"Z", b"X") else int(fields[19])
+    except (ValueError, IndexError):
+        return None
 
 
 def _slot_waiter(pid: int, index: int, fields: tuple[int, ...]) -> Waiter | None:
@@ -430,7 +441,7 @@ def _still_there(source: tuple[object, ...]) -> bool:
     if data is None or len(data) != _SLOT.size:
         return False
     fields = _SLOT.unpack(data)
-    return bool(fields[1] == 1 and fields[0] == seq == fields[-1])
+    return bool(fields[1] == 1 and fields[0] == seq == fields[-1]) and _running(pid) is not None
 
 
 def _read_at(path: str, offset: int, size: int) -> bytes | None:
