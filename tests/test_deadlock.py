@@ -14,19 +14,23 @@ import errno
 import multiprocessing
 import os
 import random
+import signal
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 from multiprocessing.connection import Connection
 from multiprocessing.sharedctypes import Synchronized
+from multiprocessing.synchronize import Event
 from pathlib import Path
 
 import pytest
 from lwagent import Agent
 from lwfcntl import wait_in_kernel
 from lwtest import WAIT, child_env, join_all
+from witness import Witness, check
 
 from latchwire import (
     FileLock,
@@ -503,3 +507,165 @@ def test_random_orders_across_six_processes_never_hang(tmp_path: Path) -> None:
     assert sum(t for _, _, t in results) == 0, results  # type: ignore[misc]
     assert sum(d for _, d, _ in results) > 0, results  # type: ignore[misc]
     assert time.monotonic() - start < 100
+
+
+# ---- boards of processes gone, the switch, and a kill storm ------------------
+
+
+def _board_of(pid: int) -> Path:
+    directory, prefix = _core._board_location()
+    return Path(directory) / f"{prefix}{pid}"
+
+
+def _hold_and_wait(x: str, y: str, out: Connection) -> None:
+    """In a forked child: hold x, say so, wait for y (until killed)."""
+    FileLock(x, lockfile=x).acquire(timeout=WAIT)
+    out.send("holding")
+    FileLock(y, lockfile=y).acquire(timeout=WAIT)
+
+
+def test_a_killed_waiters_board_is_not_read_even_unreaped(tmp_path: Path) -> None:
+    """A waiter killed with SIGKILL leaves its board claiming a wait and a hold. Dead
+    but not reaped yet (a zombie) or reaped, its board is not read (the kernel has
+    dropped its locks), and it is removed."""
+    x, y = files(tmp_path, 2)
+    mine = FileLock(y, lockfile=y)
+    mine.acquire(timeout=WAIT)
+    try:
+        reader, writer = FORK.Pipe(duplex=False)
+        child = FORK.Process(target=_hold_and_wait, args=(x, y, writer))
+        child.start()
+        assert reader.poll(WAIT) and reader.recv() == "holding"
+        wait_in_kernel(y, 1, watch=[child.sentinel])
+        assert child.pid is not None
+        assert child.pid in waitgraph.board_waiters()  # its wait is on its board
+        os.kill(child.pid, signal.SIGKILL)
+        deadline = time.monotonic() + WAIT
+        while waitgraph._running(child.pid) is not None:  # dead, but not reaped: a zombie
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+        assert child.pid not in waitgraph.board_waiters()
+        assert not _board_of(child.pid).exists()
+        child.join(WAIT)
+    finally:
+        mine.release()
+
+
+_SWITCHED_OFF = r"""
+import sys
+from latchwire import FileLock, LockTimeout
+x, y = sys.argv[1:3]
+FileLock(x, lockfile=x).acquire()
+print("holding", flush=True)
+try:
+    FileLock(y, lockfile=y).acquire(timeout=float(sys.argv[3]))
+except LockTimeout:
+    print("timed out", flush=True)
+"""
+
+
+def test_latchwire_deadlock_0_writes_no_board(tmp_path: Path) -> None:
+    """Under LATCHWIRE_DEADLOCK=0 a process waiting while it holds a lock writes no
+    board (the switch turns off the board and the check together); its wait
+    ends at its timeout as any other."""
+    x, y = files(tmp_path, 2)
+    mine = FileLock(y, lockfile=y)
+    mine.acquire(timeout=WAIT)
+    env = {**child_env(), "LATCHWIRE_DEADLOCK": "0"}
+    child = subprocess.Popen([sys.executable, "-c", _SWITCHED_OFF, x, y, "1.0"], text=True,
+                             stdout=subprocess.PIPE, env=env)
+    try:
+        assert child.stdout is not None and child.stdout.readline() == "holding\n"
+        wait_in_kernel(y, 1)
+        assert not _board_of(child.pid).exists()
+        assert child.stdout.readline() == "timed out\n"
+    finally:
+        mine.release()
+        child.kill()
+        child.wait(WAIT)
+
+
+def _storm_worker(paths: list[str], seed: int, tag: str, directory: str, stop: Event,
+                  out: Connection) -> None:
+    """Random subsets of paths in random orders, each hold a witnessed section, until
+    stop; LockDeadlock lets go of everything and tries again. Sends (rounds done,
+    deadlocks, timeouts) unless killed first."""
+    rng = random.Random(seed)
+    witness = Witness(directory, tag)
+    writer = witness.writer()
+    locks = {p: FileLock(p, lockfile=p) for p in paths}
+    done = deadlocks = timeouts = 0
+    while not stop.is_set():
+        chosen = rng.sample(paths, rng.randint(2, 3))
+        with ExitStack() as held:
+            try:
+                for path in chosen:
+                    shared = rng.random() < 0.2
+                    locks[path].acquire(timeout=5.0, shared=shared)
+                    held.callback(locks[path].release)
+                    held.enter_context(writer.section(os.path.basename(path), locks[path],
+                                                      shared))
+                time.sleep(rng.random() * 0.002)
+                done += 1
+            except LockDeadlock:
+                deadlocks += 1
+            except LockTimeout:
+                timeouts += 1
+    out.send((done, deadlocks, timeouts))
+    out.close()
+
+
+def test_a_kill_storm_in_random_orders_leaves_no_overlap_and_no_stuck_waiter(
+        tmp_path: Path) -> None:
+    """Six processes in random orders over four files, one killed with SIGKILL (holding,
+    waiting or raising) and replaced every 30-100 ms for three seconds: the witness log
+    shows no two holders of a file at once, the survivors never time out (every cycle,
+    with or without a dead member, is broken), and no board of the dead is left read."""
+    (tmp_path / "files").mkdir()
+    paths = files(tmp_path / "files", 4)
+    directory = tmp_path / "witness"
+    witness = Witness(directory)
+    stop = FORK.Event()
+    serial = iter(range(10_000))
+    live: dict[str, tuple[multiprocessing.process.BaseProcess, Connection]] = {}
+
+    def spawn_one() -> None:
+        n = next(serial)
+        reader, writer = FORK.Pipe(duplex=False)
+        proc = FORK.Process(target=_storm_worker,
+                            args=(paths, 1000 + n, f"w{n}", str(directory), stop, writer))
+        proc.start()
+        writer.close()
+        live[f"w{n}"] = (proc, reader)
+
+    for _ in range(6):
+        spawn_one()
+    rng = random.Random(7)
+    kills = 0
+    dead: list[int] = []
+    end = time.monotonic() + 3.0
+    while time.monotonic() < end:
+        time.sleep(rng.uniform(0.03, 0.1))
+        tag = rng.choice(sorted(live))
+        proc, reader = live.pop(tag)
+        witness.killing(tag)
+        assert proc.pid is not None
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.join(WAIT)
+        witness.reaped(tag)
+        reader.close()
+        dead.append(proc.pid)
+        kills += 1
+        spawn_one()
+    stop.set()
+    results = [reader.recv() if reader.poll(WAIT) else None for _, reader in live.values()]
+    join_all([proc for proc, _ in live.values()], WAIT)
+    witness.close()
+    report = check(directory)
+    assert report.clean, report.summary()
+    assert None not in results, results
+    assert sum(t for _, _, t in results) == 0, results  # type: ignore[misc]
+    assert kills >= 20
+    assert sum(r for r, _, _ in results) > 0, results  # type: ignore[misc]
+    waitgraph.board_waiters()  # reading the boards removes those of the dead
+    assert not [pid for pid in dead if _board_of(pid).exists()]
