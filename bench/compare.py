@@ -15,7 +15,8 @@ dumps). Each part is a module of its own beside it, its docstring saying what it
 compares against what: ``part_filelock.py``, ``part_lockspace.py``, ``part_locks.py``
 (rwlock, alias mutex), ``part_objects.py``, ``part_netlink.py`` (dump) and
 ``part_rtnl.py`` (routes, links), the last three with the namespaces of
-``netns_setup.py``, ``part_deadlock.py`` (deadlock: cycles across processes) and
+``netns_setup.py``, ``part_deadlock.py`` (deadlock: cycles across processes), ``part_fair.py``
+(fair: fair file locks) and
 ``part_cli.py`` (cli: the command, whole processes). The
 pytest-benchmark suites (``test_bench_*.py``) import their workloads from the same
 modules.
@@ -43,6 +44,7 @@ from pathlib import Path
 import part_async_locks
 import part_cli
 import part_deadlock
+import part_fair
 import part_filelock
 import part_locks
 import part_lockspace
@@ -96,6 +98,9 @@ PARTS = (
     Part("deadlock", part_deadlock.deadlock_part,
          "LockDeadlock: from a 2-, 3- or 4-process wait cycle closing to the raise, and "
          "what the check costs a wait"),
+    Part("fair", part_fair.fair_part,
+         "FileLock(fair=True): four processes contending (throughput, overtakes) against "
+         "the unfair lock and filelock, and the queue's uncontended cost"),
     Part("cli", part_cli.cli_part,
          "the latchwire command, whole processes: ip routes (--json) against ip (-j) route "
          "show on 100,000 routes (root and ip), lock FILE -- true against flock(1)"),

@@ -48,6 +48,7 @@ PLAIN, NETNS, ZOOKEEPER, ETCD = "plain", "netns", "zookeeper", "etcd"
 NEEDS = {
     "file-locks-1": PLAIN,
     "file-locks-2": PLAIN,
+    "file-locks-3": PLAIN,
     "lockspaces-1": PLAIN,
     "lockspaces-2": PLAIN,
     "lockspaces-across-hosts-zookeeper-etcd-1": ZOOKEEPER,

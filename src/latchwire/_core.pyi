@@ -45,6 +45,8 @@ class _LockFile:
 
 def _set_release_callback(callback: Callable[[FileLock], object] | None) -> None: ...
 
+QUEUE_SUFFIX: str
+
 @disjoint_base
 class FileLock:
     @property
@@ -59,10 +61,15 @@ class FileLock:
         create: bool = True,
         create_mode: int = 0o600,
         flock: bool = False,
+        fair: bool = False,
     ) -> None: ...
     @classmethod
     def _canonical(
-        cls, lockfile: str, create: bool = True, lockclass: str | None = None
+        cls,
+        lockfile: str,
+        create: bool = True,
+        lockclass: str | None = None,
+        fair: bool = False,
     ) -> Self: ...
     @property
     def lockclass(self) -> str: ...
@@ -109,6 +116,10 @@ class FileLock:
     def lost(self) -> bool: ...
     @property
     def flock(self) -> bool: ...
+    @property
+    def fair(self) -> bool: ...
+    @property
+    def queuefile(self) -> str | None: ...
 
 @final
 class _SharedHold:

@@ -10,6 +10,9 @@ own modules cannot. One concept per included file:
   walked again after a grant.
 - _lockfile.pxi: the OFD/POSIX lock calls and the per-process record of one
   lock file (an inode), shared by every FileLock whose path leads to it.
+- _kernelwait.pxi: the one wait in the kernel for a file lock (deadline,
+  cancel, deadlock re-checks).
+- _fairqueue.pxi: the ticket queue of fair lock files.
 - _filelock.pxi: FileLock, the record's face.
 - _lockdep.pxi: the lock-order checker's fast path (latchwire.lockorder has
   the order graph).
@@ -52,8 +55,8 @@ from posix.unistd cimport close, pwrite, read, unlink
 from latchwire._cpython cimport (PyCodeObject, PyErr_CheckSignals, PyEval_GetFrame,
                                  PyFrameObject, PyCode_Addr2Line, PyThreadState_GetDict,
                                  lw_frame_code, lw_frame_lasti)
-from latchwire._linux cimport (F_OFD_SETLK, F_OFD_SETLKW, FIONREAD, IN_ATTRIB, IN_CLOEXEC,
-                               IN_DELETE_SELF, IN_IGNORED, IN_MOVE_SELF, IN_NONBLOCK,
+from latchwire._linux cimport (F_OFD_GETLK, F_OFD_SETLK, F_OFD_SETLKW, FIONREAD, IN_ATTRIB,
+                               IN_CLOEXEC, IN_DELETE_SELF, IN_IGNORED, IN_MOVE_SELF, IN_NONBLOCK,
                                IN_ONLYDIR, IN_Q_OVERFLOW, inotify_add_watch, inotify_event,
                                inotify_init1, inotify_rm_watch, ioctl, lw_futex_wait,
                                lw_futex_wake, lw_gettid, lw_sigev_to_thread, lw_thread_serial,
@@ -90,6 +93,8 @@ include "_wakesignal.pxi"
 include "_lockdep.pxi"
 include "_pathwatch.pxi"
 include "_lockfile.pxi"
+include "_kernelwait.pxi"
+include "_fairqueue.pxi"
 include "_filelock.pxi"
 include "_waitboard.pxi"
 include "_deadlock.pxi"

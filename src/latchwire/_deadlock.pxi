@@ -73,25 +73,26 @@ cdef list _thread_holds():
     return out
 
 
-# A wait of the calling thread for rec's lock (of kind, LW_KIND_*, and mode)
+# A wait of the calling thread for the lock (of kind, LW_KIND_*, and mode) on
+# the bytes start..end (inclusive, -1: to the end) of the file (dev, ino)
 # begins: write it to the board (slot[0]: its slot, -1 if the board had no
-# room or there is none) and check it. 1 if the thread holds a lock file (the
-# wait should be re-checked while it lasts), 0 if it holds none (nothing to
-# check); raises LockDeadlock (nothing left on the board) if it would close a
-# cycle. Caller: holds the GIL and no record's mu; _board_wipe(slot[0]) when
-# the wait ends.
-cdef int _watch_begin(_LockFile rec, FileLock h, int kind, bint exclusive,
-                      int *slot) except -1:
+# room or there is none) and, if check (a lock file's wait, not a fair
+# queue's), check it. 1 if it is checked and the thread holds a lock file (the
+# wait should be re-checked while it lasts), else 0; raises LockDeadlock
+# (nothing left on the board) if it would close a cycle. Caller: holds the GIL
+# and no record's mu; _board_wipe(slot[0]) when the wait ends.
+cdef int _watch_begin(dev_t dev, ino_t ino, off_t start, off_t end, int kind,
+                      bint exclusive, bint check, FileLock h, int *slot) except -1:
     cdef list holds
     slot[0] = -1
     if not lw_load_i(&lw_deadlock_on):
         return 0
     holds = _thread_holds()
-    slot[0] = _board_write(rec.dev, rec.ino, kind, exclusive, holds)
-    if not holds:
+    slot[0] = _board_write(dev, ino, start, end, kind, exclusive, holds)
+    if not holds or not check:
         return 0
     try:
-        _watch_check(rec, h, kind, exclusive, holds)
+        _watch_check(dev, ino, kind, exclusive, h, holds)
     except BaseException:
         _board_wipe(slot[0])
         slot[0] = -1
@@ -102,14 +103,14 @@ cdef int _watch_begin(_LockFile rec, FileLock h, int kind, bint exclusive,
 # Raise LockDeadlock if the wait would close a cycle (holds: what the thread
 # holds, or None to read it again), as the check set says (none: nothing is
 # checked). Caller: as _watch_begin's.
-cdef int _watch_check(_LockFile rec, FileLock h, int kind, bint exclusive,
+cdef int _watch_check(dev_t dev, ino_t ino, int kind, bint exclusive, FileLock h,
                       list holds) except -1:
     cdef object check = _deadlock_check
     if check is None:
         return 0
     if holds is None:
         holds = _thread_holds()
-    check(rec.dev, rec.ino, exclusive, _KIND_NAMES[kind], h.lockfile, holds)
+    check(dev, ino, exclusive, _KIND_NAMES[kind], h.lockfile, holds)
     return 0
 
 

@@ -71,10 +71,19 @@ cdef class FileLock:
     ``lost`` True, and ``release()`` (or leaving a ``with`` block) then
     succeeds quietly.
 
-    The kernel serves waiters in no particular order, grants shared locks
-    while another process waits for an exclusive one, and detects no cycle of
-    waits across processes (under POSIX locks latchwire retries a wait refused
-    with EDEADLK): give waits a timeout. The record's descriptor is closed when
+    The kernel serves waiters in no particular order and grants shared locks
+    while another process waits for an exclusive one. With ``fair=True``
+    waiters are served in arrival order, across threads and processes: each
+    takes a ticket in a queue file beside the lock file (``queuefile``,
+    ``LOCKFILE.~queue~``, created with ``create_mode``) and waits in the kernel
+    for those ahead of it; adjacent shared requests are granted together, and
+    a waiting exclusive one keeps later shared ones out. The queue orders and
+    never excludes: users of the file that do not queue (unfair FileLocks,
+    ``lockf``) exclude fair ones as always but may overtake them; among
+    themselves fair users are served in order. ``upgrade()`` converts in
+    place, never queued. A fair lock's ``remove()`` also removes the queue
+    file, unless waiters are queued in it. A wait that would close a cycle of
+    processes raises LockDeadlock (see acquire()). The record's descriptor is closed when
     the last FileLock referring to it goes, which drops any classic POSIX lock
     (fcntl.lockf) this process holds on the file.
     """
@@ -86,6 +95,9 @@ cdef class FileLock:
     cdef bint create
     cdef int create_mode
     cdef readonly bint flock          # also take a flock(2) lock of the same mode
+    cdef readonly bint fair           # wait in the fair queue (_fairqueue.pxi)
+    cdef bytes qpath                  # the queue file, for fair
+    cdef lw_fwait *qwaits             # (hmu) this object's waits in its queue, linked
     cdef int hold                     # (rec.mu) LW_SHARED or LW_EXCLUSIVE while holding; set
                                       # by a compare-and-swap from 0, so that two threads
                                       # acquiring one object through two records (its path
@@ -105,7 +117,7 @@ cdef class FileLock:
     cdef list ld_stack                # (rec.mu) the held list the checker put the hold on
 
     def __init__(self, path, lockfile=None, *, bint create=True, int create_mode=0o600,
-                 bint flock=False):
+                 bint flock=False, bint fair=False):
         path = _lock_path(path, "path")
         if not 0 <= create_mode <= 0o777:
             raise ValueError(f"create_mode {create_mode:#o} is not a set of permission bits "
@@ -119,24 +131,27 @@ cdef class FileLock:
             if not tail:
                 raise ValueError(f"lockfile {lockfile!r} names a directory")
             lockfile = _os.path.join(_os.path.realpath(head), tail)
-        self._setup(path, lockfile, create, create_mode, lockfile)
+        self._setup(path, lockfile, create, create_mode, lockfile, fair)
         self.flock = flock
 
     @classmethod
-    def _canonical(cls, str lockfile, bint create=True, lockclass=None):
+    def _canonical(cls, str lockfile, bint create=True, lockclass=None, bint fair=False):
         """A FileLock on lockfile itself, a path already canonical (as a LockSpace
-        makes them): FileLock(lockfile, lockfile=lockfile) without its realpath
-        calls; lockclass is its checker class (default: lockfile)."""
+        makes them): FileLock(lockfile, lockfile=lockfile, fair=fair) without its
+        realpath calls; lockclass is its checker class (default: lockfile)."""
         cdef FileLock lock = cls.__new__(cls)
         lock._setup(lockfile, lockfile, create, 0o600,
-                    lockfile if lockclass is None else lockclass)
+                    lockfile if lockclass is None else lockclass, fair)
         return lock
 
     cdef void _setup(self, str path, str lockfile, bint create, int create_mode,
-                     object lockclass):
+                     object lockclass, bint fair):
         self.path = path
         self.lockfile = lockfile
         self.bpath = _os.fsencode(lockfile)
+        self.fair = fair
+        if fair:
+            self.qpath = self.bpath + LW_QUEUE_SUFFIX
         self.create = create
         self.create_mode = create_mode
         self.lockclass = lockclass
@@ -207,20 +222,184 @@ cdef class FileLock:
         if lw_lockdep and blocking:
             _ld_check(self, self._checker_class(), mode == LW_SHARED, False)
         code = _caller_code(&lasti)
+        if self.fair:
+            rec = self._take_fair(mode, blocking, deadline, detached, cgen, code, lasti, &grant)
+        else:
+            rec = self._take(mode, blocking, deadline, detached, cgen, code, lasti, &grant,
+                             False)
+        if lw_lockdep and not detached:
+            self._checker_push(rec, grant, code, lasti)
+        return 0
+
+    # Take the hold through the record the path leads to, and again through the
+    # next one after each move: that record (*grant as _LockFile._acquire's), or
+    # with busy_ok None if the lock is busy; raises otherwise.
+    cdef _LockFile _take(self, int mode, bint blocking, double deadline, bint detached,
+                         unsigned int cgen, object code, int lasti, unsigned int *grant,
+                         bint busy_ok):
+        cdef _LockFile rec
+        cdef int out
         while True:
             rec = self._record(mode == LW_SHARED)
             out = rec._acquire(self, mode, blocking, deadline, detached, cgen, code, lasti,
-                               &grant)
+                               grant)
             if out == LW_GRANTED:
-                break
+                return rec
+            if busy_ok and (out == LW_BUSY_HERE or out == LW_BUSY_KERNEL):
+                return None
             if out != LW_MOVED and out != LW_DEAD:
                 raise self._failure(out, rec)
             _table_forget(self.lockfile, rec)     # the path leads elsewhere now
             self._set_rec(None)
             lw_perturb()
-        if lw_lockdep and not detached:
-            self._checker_push(rec, grant, code, lasti)
+
+    # _take through the fair queue: with a ticket, in turn (blocking), or at
+    # once if nobody is queued ahead and the lock is free. The ticket is taken
+    # first, even when nobody waits, so that an arrival is seen by every later
+    # one as early as possible; it is kept until the lock file's lock is
+    # granted (across moves of the file), and given back whatever happens.
+    cdef _LockFile _take_fair(self, int mode, bint blocking, double deadline, bint detached,
+                              unsigned int cgen, object code, int lasti, unsigned int *grant):
+        cdef lw_fqueue q
+        cdef const char *qpath = self.qpath
+        cdef int err, busy = 0, create_mode = self.create_mode
+        cdef bint for_shared = mode == LW_SHARED
+        cdef struct_stat st
+        q.fd = q.slot = -1
+        q.ticket = 0
+        if not self.create and lstat(self.bpath, &st) != 0:
+            raise _oserror(errno, self.lockfile)    # the queue would outlive a missing file
+        if blocking and for_shared and self._reads_here():
+            # It reads already: queueing behind a writer would deadlock.
+            return self._take(mode, True, deadline, detached, cgen, code, lasti, grant, False)
+        with nogil:
+            err = lw_fq_open(&q, qpath, create_mode, for_shared)
+        if err:
+            raise self._queue_error(err)
+        try:
+            if not blocking:
+                err = lw_fq_busy(&q, mode, &busy)
+                if err:
+                    raise self._queue_error(err)
+                if busy:
+                    raise LockBusy("waiters are queued for the lock", self.lockfile)
+            else:
+                self._queue(&q, mode, deadline, cgen)
+            return self._take(mode, blocking, deadline, detached, cgen, code, lasti, grant,
+                              False)
+        finally:
+            lw_fq_close(&q)
+
+    cdef object _queue_error(self, int err):
+        if err == ELOOP:
+            return OSError(ELOOP, "refusing to queue through a symbolic link",
+                           _os.fsdecode(self.qpath))
+        if err == EINVAL:
+            return OSError(EINVAL, "the queue file is not a regular file (or this kernel has "
+                           "no OFD locks)", _os.fsdecode(self.qpath))
+        return _oserror(err, _os.fsdecode(self.qpath))
+
+    # Whether the calling thread holds this object's file shared through
+    # another FileLock.
+    cdef bint _reads_here(self) noexcept:
+        cdef _LockFile rec = self._rec()
+        cdef bint reads
+        if rec is None or rec.generation != lw_load_ul(&lw_fork_generation):
+            return False
+        lw_lock(&rec.mu)
+        reads = rec.kmode == LW_SHARED and rec._held_by_this_thread(self)
+        lw_mutex_unlock(&rec.mu)
+        return reads
+
+    # Take a ticket in q for mode and wait for its turn: every waiter ahead
+    # has moved on (for a shared request, every exclusive one). Returns with
+    # q.ticket held, or raises LockTimeout, LockCancelled or OSError (q is the
+    # caller's to close).
+    cdef int _queue(self, lw_fqueue *q, int mode, double deadline,
+                    unsigned int cgen) except -1:
+        cdef short ltype = F_WRLCK if mode == LW_EXCLUSIVE else F_RDLCK
+        cdef const char *qpath = self.qpath
+        cdef int err, out, same = 0, create_mode = self.create_mode
+        cdef bint for_shared = mode == LW_SHARED
+        cdef off_t t
+        cdef flock conflict
+        while True:
+            t = lw_fq_clock()
+            err = lw_fq_take(q, mode, t, &conflict)
+            if err == EAGAIN and conflict.l_start == 0:
+                # remove() is unlinking the queue: wait for it, then open it again.
+                out = self._queue_wait(q, F_RDLCK, 0, 1, deadline, cgen)
+                if out != LW_GRANTED:
+                    raise self._failure(out, None)
+            elif err == EAGAIN and (conflict.l_len == 0 or
+                                    conflict.l_start + conflict.l_len > t + LW_FQ_AHEAD):
+                # A lock over tickets not given out yet is no waiter's: wait for
+                # it to go rather than try again and again.
+                out = self._queue_wait(q, ltype, t, 1, deadline, cgen)
+                if out != LW_GRANTED:
+                    raise self._failure(out, None)
+                q.ticket = t
+            elif err == EAGAIN:
+                continue            # a ticket of the same instant: take the next one
+            elif err:
+                raise self._queue_error(err)
+            if q.ticket:
+                err = lw_path_names(qpath, q.dev, q.ino, &same)
+                if err:
+                    raise self._queue_error(err)
+                if same:
+                    break
+            # The queue file was removed or replaced: join the one at the path.
+            with nogil:
+                lw_fq_close(q)
+                err = lw_fq_open(q, qpath, create_mode, for_shared)
+            if err:
+                raise self._queue_error(err)
+        err = lw_setlk_range(q.fd, F_OFD_SETLK, ltype, 1, q.ticket - 1)
+        if err == EAGAIN:
+            out = self._queue_wait(q, ltype, 1, q.ticket - 1, deadline, cgen)
+            if out != LW_GRANTED:
+                raise self._failure(out, None)
+        elif err:
+            raise self._queue_error(err)
+        lw_setlk_range(q.fd, F_OFD_SETLK, F_UNLCK, 1, q.ticket - 1)
         return 0
+
+    # Wait in the kernel for a lock of ltype on bytes [start, start + length)
+    # of q's queue file: as lw_kernel_wait; cancel() finds it on qwaits.
+    cdef int _queue_wait(self, lw_fqueue *q, short ltype, off_t start, off_t length,
+                         double deadline, unsigned int cgen) except LW_FAILED:
+        cdef lw_fwait w
+        cdef lw_kreq req
+        memset(&w, 0, sizeof(w))
+        memset(&req, 0, sizeof(req))
+        w.lock = <void *>self
+        req.fd = q.fd
+        req.cmd = F_OFD_SETLKW
+        req.type = ltype
+        req.start = start
+        req.len = length
+        req.kind = LW_KIND_OFD
+        req.exclusive = ltype == F_WRLCK
+        req.dev = q.dev
+        req.ino = q.ino
+        lw_lock(&self.hmu)
+        w.next = self.qwaits
+        if w.next != NULL:
+            w.next.prev = &w
+        self.qwaits = &w
+        lw_mutex_unlock(&self.hmu)
+        try:
+            return lw_kernel_wait(&self.hmu, &w, &req, self, deadline, cgen)
+        finally:
+            lw_lock(&self.hmu)
+            if w.prev != NULL:
+                w.prev.next = w.next
+            else:
+                self.qwaits = w.next
+            if w.next != NULL:
+                w.next.prev = w.prev
+            lw_mutex_unlock(&self.hmu)
 
     # Put the hold numbered grant on the calling thread's held list, unless it
     # was released meanwhile (by another thread).
@@ -431,8 +610,13 @@ cdef class FileLock:
         cdef _LockFile rec = self._held()
         cdef void *stack = NULL
         cdef int out
+        cdef const char *qpath
         if self.hold != LW_EXCLUSIVE:
             raise RuntimeError(f"{self.lockfile}: remove() needs an exclusive hold")
+        if self.fair:
+            qpath = self.qpath
+            with nogil:
+                lw_fq_remove(qpath)     # unless waiters are queued in it
         out = rec._remove(self, &stack)
         _table_forget(self.lockfile, rec)
         if out != LW_GRANTED:
@@ -478,7 +662,14 @@ cdef class FileLock:
         Safe from any thread; waits that start after the call are unaffected.
         """
         cdef _LockFile rec
+        cdef lw_fwait *w
         lw_inc_u(&self.cancel_gen)
+        lw_lock(&self.hmu)
+        w = self.qwaits
+        while w != NULL:
+            lw_kernel_wait_kick(w)
+            w = w.next
+        lw_mutex_unlock(&self.hmu)
         rec = self._rec()
         if rec is not None and rec.generation == lw_load_ul(&lw_fork_generation):
             rec._cancel(self)
@@ -521,6 +712,11 @@ cdef class FileLock:
         lasti = self.site_lasti
         lw_mutex_unlock(&rec.mu)
         return _format_site(code, lasti)
+
+    @property
+    def queuefile(self):
+        """The fair queue's file (``LOCKFILE.~queue~``), or None for an unfair lock."""
+        return _os.fsdecode(self.qpath) if self.fair else None
 
     @property
     def lock_kind(self):

@@ -121,29 +121,6 @@ cdef int lw_path_names(const char *path, dev_t dev, ino_t ino, int *same) noexce
     return 0
 
 
-# Arm timer to fire now and every LW_REFIRE_NS until disarmed (it wakes a
-# thread in F_OFD_SETLKW, even one that was about to enter it).
-cdef inline void lw_timer_kick(timer_t timer) noexcept nogil:
-    cdef itimerspec its
-    memset(&its, 0, sizeof(its))
-    its.it_value.tv_nsec = 1
-    its.it_interval.tv_nsec = LW_REFIRE_NS
-    timer_settime(timer, 0, &its, NULL)
-
-
-# Sleep for seconds (a signal cuts it short).
-cdef inline void lw_pause(double seconds) noexcept nogil:
-    cdef timespec ts
-    lw_timespec(seconds, &ts)
-    nanosleep(&ts, NULL)
-
-
-cdef inline void lw_timer_disarm(timer_t timer) noexcept nogil:
-    cdef itimerspec its
-    memset(&its, 0, sizeof(its))
-    timer_settime(timer, 0, &its, NULL)
-
-
 cdef unsigned int lw_record_wakes = 0    # waiters woken so far, for the tests
 
 
@@ -602,7 +579,8 @@ cdef class _LockFile:
                 w.word = 0
                 lw_mutex_unlock(&self.mu)
                 try:
-                    _watch_begin(self, h, _lock_kind(self, False), mode == LW_EXCLUSIVE, &slot)
+                    _watch_begin(self.dev, self.ino, 0, -1, _lock_kind(self, False),
+                                 mode == LW_EXCLUSIVE, True, h, &slot)
                     lw_wait_word(&w.word, 0, deadline)
                 finally:
                     _board_wipe(slot)   # a claim next writes its own (see _kernel_wait)
@@ -750,109 +728,23 @@ cdef class _LockFile:
         return LW_MOVED
 
     # Wait in the kernel for the lock of type ltype through fd (with use_flock,
-    # the flock(2) lock of operation ltype, LOCK_SH or LOCK_EX): LW_GRANTED,
-    # LW_TIMED_OUT at deadline, LW_CANCELLED once h.cancel_gen moved past cgen,
-    # or a positive errno; raises what a signal handler raised, and
-    # LockDeadlock when the deadlock check (_deadlock.pxi) finds the wait on a
-    # cycle, as it begins or at a re-check. Woken by this thread's wake timer,
-    # armed for the deadline or the next re-check, or by cancel().
-    # Caller: the claimant (w is claim), without mu.
+    # the flock(2) lock of operation ltype, LOCK_SH or LOCK_EX): as
+    # lw_kernel_wait (_kernelwait.pxi), checked for deadlocks. Caller: the
+    # claimant (w is claim), without mu.
     cdef int _kernel_wait(self, lw_fwait *w, FileLock h, short ltype, double deadline,
                           unsigned int cgen, bint use_flock) except LW_FAILED:
-        cdef int signo = lw_wake_signo
-        cdef int err, fd = self.fd, cmd = self._cmd(True)
-        cdef timer_t timer = <timer_t>0
-        cdef itimerspec its
-        cdef sigset_t wake_set, old_mask
-        cdef bint armed = False, kicked
-        cdef double backoff = 0.001
-        cdef double recheck = -1.0, interval = LW_DEADLOCK_FIRST
-        cdef int kind = _lock_kind(self, use_flock), slot = -1
-        cdef bint exclusive = ltype == (LOCK_EX if use_flock else F_WRLCK)
-        if not signo:
-            signo = wake_signal()
-        err = lw_thread_timer(signo, &timer)
-        if err:
-            return err
-        sigemptyset(&wake_set)
-        sigaddset(&wake_set, signo)
-        pthread_sigmask(SIG_UNBLOCK, &wake_set, &old_mask)
-        lw_lock(&self.mu)
-        w.timer = timer
-        w.in_kernel = True
-        w.kicked = False
-        lw_mutex_unlock(&self.mu)
-        try:
-            if _watch_begin(self, h, kind, exclusive, &slot):
-                recheck = lw_now() + interval
-            if deadline >= 0 or recheck >= 0:
-                err = self._arm_wake(w, timer, deadline, recheck)
-                if err:
-                    return err
-                armed = True
-            while True:
-                if lw_load_u(&h.cancel_gen) != cgen:
-                    return LW_CANCELLED
-                if deadline >= 0 and lw_now() >= deadline:
-                    return LW_TIMED_OUT
-                if recheck >= 0 and lw_now() >= recheck:
-                    # Re-armed first: the timer, past its time, fires every
-                    # LW_REFIRE_NS and would interrupt the check's reads.
-                    interval = min(interval * 2, LW_DEADLOCK_LAST)
-                    recheck = lw_now() + interval
-                    err = self._arm_wake(w, timer, deadline, recheck)
-                    if err:
-                        return err
-                    _watch_check(self, h, kind, exclusive, None)
-                with nogil:
-                    if lw_perturb_on:
-                        lw_perturb_pause()
-                    if use_flock:
-                        err = lw_flock_op(fd, ltype)
-                    else:
-                        err = lw_setlk(fd, cmd, ltype)
-                    if err == EDEADLOCK and self.posix and not use_flock:
-                        # POSIX locks are the process's, so the kernel sees a cycle
-                        # whenever another thread here holds what the holder
-                        # awaits: it may well end. Try again shortly (the timer
-                        # still interrupts the pause).
-                        lw_pause(backoff)
-                        backoff = backoff * 2 if backoff < 0.032 else backoff
-                        err = EINTR
-                if err == 0:
-                    return LW_GRANTED
-                if err != EINTR:
-                    return err
-                PyErr_CheckSignals()
-        finally:
-            lw_lock(&self.mu)
-            w.in_kernel = False
-            kicked = w.kicked
-            lw_mutex_unlock(&self.mu)
-            if armed or kicked:
-                lw_timer_disarm(timer)
-            _board_wipe(slot)
-            if sigismember(&old_mask, signo):
-                pthread_sigmask(SIG_SETMASK, &old_mask, NULL)
-
-    # Arm w's wake timer (timer) for the deadline or the re-check, whichever
-    # comes first (either -1: none), unless cancel() has kicked it: 0 or an
-    # errno. Caller: the claimant in _kernel_wait, without mu.
-    cdef int _arm_wake(self, lw_fwait *w, timer_t timer, double deadline,
-                       double recheck) noexcept:
-        cdef itimerspec its
-        cdef double when = deadline
-        cdef int err = 0
-        if when < 0 or (0 <= recheck < when):
-            when = recheck
-        memset(&its, 0, sizeof(its))
-        lw_timespec(when, &its.it_value)
-        its.it_interval.tv_nsec = LW_REFIRE_NS
-        lw_lock(&self.mu)
-        if not w.kicked and timer_settime(timer, TIMER_ABSTIME, &its, NULL) != 0:
-            err = errno
-        lw_mutex_unlock(&self.mu)
-        return err
+        cdef lw_kreq req
+        memset(&req, 0, sizeof(req))
+        req.fd = self.fd
+        req.cmd = 0 if use_flock else self._cmd(True)
+        req.type = ltype
+        req.kind = _lock_kind(self, use_flock)
+        req.exclusive = ltype == (LOCK_EX if use_flock else F_WRLCK)
+        req.posix = self.posix and not use_flock
+        req.checked = True
+        req.dev = self.dev
+        req.ino = self.ino
+        return lw_kernel_wait(&self.mu, w, &req, h, deadline, cgen)
 
     # ---- changes by a holder --------------------------------------------
 
@@ -1092,9 +984,8 @@ cdef class _LockFile:
     cdef void _cancel(self, FileLock h) noexcept:
         cdef lw_fwait *w
         lw_lock(&self.mu)
-        if self.claim != NULL and self.claim.lock == <void *>h and self.claim.in_kernel:
-            lw_timer_kick(self.claim.timer)
-            self.claim.kicked = True
+        if self.claim != NULL and self.claim.lock == <void *>h:
+            lw_kernel_wait_kick(self.claim)
         if self.upgrader != NULL and self.upgrader.lock == <void *>h:
             self._signal(self.upgrader)
         w = self.qhead

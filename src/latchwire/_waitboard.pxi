@@ -168,10 +168,12 @@ def _board_remove(path, pid):
 
 
 # Write the wait of the calling thread for the lock of kind (LW_KIND_*) and
-# mode on (dev, ino) to a free slot, with holds (what _thread_holds() gave):
+# mode on the bytes start..end (inclusive, -1: to the end) of (dev, ino) to a
+# free slot, with holds (what _thread_holds() gave):
 # the slot's number, or -1 if nothing was written. Caller: holds the GIL and
 # no C mutex; wipes the slot with _board_wipe() when the wait ends.
-cdef int _board_write(dev_t dev, ino_t ino, int kind, bint exclusive, list holds):
+cdef int _board_write(dev_t dev, ino_t ino, off_t start, off_t end, int kind, bint exclusive,
+                      list holds):
     global lw_board_seq, lw_board_high
     cdef lw_board_slot slot
     cdef int i, n = 0, index = -1
@@ -184,7 +186,8 @@ cdef int _board_write(dev_t dev, ino_t ino, int kind, bint exclusive, list holds
     slot.ino = ino
     slot.kind = kind
     slot.exclusive = exclusive
-    slot.end = -1
+    slot.start = start
+    slot.end = end
     slot.began = <unsigned long long>(lw_now() * 1e9)
     for hold in holds:
         if n == LW_BOARD_HOLDS:

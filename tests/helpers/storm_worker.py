@@ -8,7 +8,8 @@ that imports latchwire once and then forks workers on command, so a respawn
 costs a fork, not an interpreter start. It reads one command a line on stdin
 and answers each with one line on stdout:
 
-    spawn TAG THREADS SEED  ->  spawned TAG PID     a worker with THREADS threads
+    spawn TAG THREADS SEED [FAIR]  ->  spawned TAG PID
+                            a worker with THREADS threads (FAIR 1: fair FileLocks)
     kill TAG                ->  killed TAG STATUS   K record, SIGKILL, waitpid, R record
     stop TAG                ->  stopped TAG STATUS  it finishes its sections and exits
                                                     (STATUS "hung" if it had not within STOP s)
@@ -75,13 +76,15 @@ def attempt(lock: FileLock, how: str, shared: bool, rng: random.Random) -> str:
 
 def churn(writer: Writer, lockfile: str, resource: str, rng: random.Random,
           stop: threading.Event, errors: list[str], slot: list[FileLock | None] | None = None,
-          reuse: float = 0.2, remove: float = 0.03) -> collections.Counter[str]:
+          reuse: float = 0.2, remove: float = 0.03,
+          fair: bool = False) -> collections.Counter[str]:
     """Loop until stop: take a FileLock of lockfile (a new object per use, but for a
     ``reuse`` fraction of uses); ``attempt()`` it, waiting half the time, a timeout
     or not waiting otherwise, a quarter of the time shared; hold it for a witnessed
     section of up to a millisecond; release (or, for a ``remove`` fraction of the
     exclusive holds, ``remove()``: unlink the file while holding it, so that the next
     acquire anywhere creates it anew); drop it; half the time pause up to a millisecond.
+    With ``fair``, the FileLocks are fair ones (``FileLock(fair=True)``).
 
     ``slot[0]`` is the lock in use, for a canceller thread to cancel(). Returns the
     outcomes counted ("held", "busy", "timeout", "cancelled", "error"); the
@@ -93,7 +96,7 @@ def churn(writer: Writer, lockfile: str, resource: str, rng: random.Random,
     lock: FileLock | None = None
     while not stop.is_set():
         if lock is None:
-            lock = FileLock(lockfile, lockfile=lockfile)
+            lock = FileLock(lockfile, lockfile=lockfile, fair=fair)
         if slot is not None:
             slot[0] = lock
         shared = rng.random() < 0.25
@@ -146,7 +149,8 @@ class _Told(list[str]):
         os.write(2, f"worker {self.tag} (pid {os.getpid()}): {text}\n".encode())
 
 
-def _work(directory: str, lockfile: str, tag: str, threads: int, seed: int, stop_fd: int) -> int:
+def _work(directory: str, lockfile: str, tag: str, threads: int, seed: int, stop_fd: int,
+          fair: bool) -> int:
     """A worker's life: threads churning until stop_fd reads end-of-file; its exit status."""
     witness = Witness(directory, tag)
     stop = threading.Event()
@@ -155,7 +159,7 @@ def _work(directory: str, lockfile: str, tag: str, threads: int, seed: int, stop
     def run(i: int) -> None:
         try:
             churn(witness.writer(), lockfile, os.path.basename(lockfile),
-                  random.Random(seed * 1000 + i), stop, failures)
+                  random.Random(seed * 1000 + i), stop, failures, fair=fair)
         except BaseException:
             failures.append(traceback.format_exc())
 
@@ -191,7 +195,7 @@ def serve(directory: str, lockfile: str) -> None:
     def reply(text: str) -> None:
         os.write(1, (text + "\n").encode())
 
-    def spawn(tag: str, threads: str, seed: str) -> str:
+    def spawn(tag: str, threads: str, seed: str, fair: str = "0") -> str:
         stop_r, stop_w = os.pipe()
         pid = os.fork()
         if pid == 0:
@@ -205,7 +209,8 @@ def serve(directory: str, lockfile: str) -> None:
                 for _, other in workers.values():
                     os.close(other)
                 os.close(stop_w)
-                status = _work(directory, lockfile, tag, int(threads), int(seed), stop_r)
+                status = _work(directory, lockfile, tag, int(threads), int(seed), stop_r,
+                               fair == "1")
             except BaseException:
                 traceback.print_exc()
             finally:
@@ -296,11 +301,11 @@ class WorkerPool:
         self.proc.stdin.write((" ".join(map(str, words)) + "\n").encode())
         return self._reply().split()
 
-    def spawn(self, threads: int, seed: int) -> str:
-        """Start a worker with threads threads; its tag."""
+    def spawn(self, threads: int, seed: int, fair: bool = False) -> str:
+        """Start a worker with threads threads (with fair FileLocks if fair); its tag."""
         self._serial += 1
         tag = f"w{self._serial}"
-        answer = self._call("spawn", tag, threads, seed)
+        answer = self._call("spawn", tag, threads, seed, int(fair))
         assert answer[:2] == ["spawned", tag], answer
         self.running.append(tag)
         return tag

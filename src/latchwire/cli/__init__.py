@@ -1,7 +1,7 @@
 """The ``latchwire`` command, one module a subcommand::
 
     latchwire lock [--shared] [--timeout S | --nonblock] [--file] [--close] [--flock]
-                   PATH -- COMMAND [ARG...]
+                   [--fair] PATH -- COMMAND [ARG...]
     latchwire locks [--json] [--waiters] PATH|DIR
     latchwire ip links|addrs|routes|neigh [-4|-6] [--table N|all] [--json] [--netns NAME]
     latchwire monitor [--netns NAME] [--json] [link|addr|route|neigh ...]
@@ -53,6 +53,11 @@ SIGINT and SIGQUIT reach it from the terminal.
 --flock also takes a flock(2) lock of the same mode on the lock file, for
 programs that lock it with flock(1) or flock(2): OFD and flock locks do not
 conflict with each other.
+
+--fair waits in arrival order among fair users of the lock file (latchwire lock
+--fair, FileLock(fair=True)): each takes a ticket in the queue file beside it
+(LOCKFILE.~queue~) and waits for those ahead. Unfair users still exclude fair
+ones, but are not queued and may overtake them.
 
 exit status: COMMAND's (128+N if signal N ended it); 1 if the lock is busy
 (--nonblock), the wait timed out, or the lock file cannot be opened; 2 for a
@@ -143,6 +148,8 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
                       help="COMMAND does not inherit the lock: it is held by latchwire alone")
     lock.add_argument("--flock", action="store_true",
                       help="also take a flock(2) lock, for programs using flock(1)")
+    lock.add_argument("--fair", action="store_true",
+                      help="wait in arrival order (a queue file, PATH's lock file.~queue~)")
     lock.add_argument("path", metavar="PATH")
     lock.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARG...]")
 

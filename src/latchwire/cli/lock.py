@@ -34,7 +34,8 @@ _DEFAULTED = (signal.SIGPIPE, signal.SIGXFSZ)
 
 def run(args: argparse.Namespace) -> int:
     """args.argv is COMMAND (main has checked that there is one)."""
-    lock = FileLock(args.path, lockfile=args.path if args.file else None, flock=args.flock)
+    lock = FileLock(args.path, lockfile=args.path if args.file else None, flock=args.flock,
+                    fair=args.fair)
     try:
         lock.acquire(blocking=not args.nonblock, timeout=args.timeout, shared=args.shared)
     except LockBusy:

@@ -13,6 +13,7 @@ import json
 import os
 import sys
 
+from latchwire._core import QUEUE_SUFFIX
 from latchwire.cli._common import printable
 from latchwire.locking import FileLock, Holder, file_holders
 
@@ -58,7 +59,8 @@ def _paths(path: str) -> list[str]:
     (those that exist). OSError (FileNotFoundError) if there is none to look at."""
     if os.path.isdir(path):
         return sorted(entry.path for entry in os.scandir(path)
-                      if entry.is_file(follow_symlinks=False))
+                      if entry.is_file(follow_symlinks=False)
+                      and not entry.name.endswith(QUEUE_SUFFIX))
     found = []
     for candidate in dict.fromkeys([path, FileLock(path).lockfile]):
         try:

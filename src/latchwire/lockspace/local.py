@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # the engines' clients are optional extras: never imported he
 __all__ = ["LockSpace"]
 
 FileLock = _core.FileLock
+QUEUE_SUFFIX = _core.QUEUE_SUFFIX  # a fair lock's queue file: LOCKFILE.~queue~
 
 
 @dataclass
@@ -54,6 +55,11 @@ class LockSpace:
     second descriptor of it (which would drop classic POSIX locks). Waits
     happen outside the table lock, in the kernel or on the file's in-process
     record.
+
+    With ``fair=True`` waits are served in arrival order, across owners, threads
+    and processes (``FileLock(fair=True)``): each resource's waiters queue in
+    ``NAME.~queue~`` beside it, which goes with the resource when it is deleted
+    and nobody is queued; names ending in ``.~queue~`` are refused.
     """
 
     def __new__(cls, directory: str | os.PathLike[str] | None, **options: Any) -> Any:
@@ -79,8 +85,9 @@ class LockSpace:
         from latchwire.lockspace.etcd import EtcdLockSpace
         return EtcdLockSpace(endpoint, prefix, **options)
 
-    def __init__(self, directory: str | os.PathLike[str] | None) -> None:
+    def __init__(self, directory: str | os.PathLike[str] | None, fair: bool = False) -> None:
         self.directory: str | None = None
+        self.fair = fair
         if directory is not None:
             path = os.path.abspath(os.fspath(directory))
             if not os.path.islink(path):
@@ -112,6 +119,9 @@ class LockSpace:
             return name
         if "/" in name or name in (".", ".."):
             raise ValueError(f"bad resource name {name!r}: it must name a file in the lockspace")
+        if self.fair and name.endswith(QUEUE_SUFFIX):
+            raise ValueError(f"bad resource name {name!r}: a fair lockspace keeps its queues "
+                             f"in files named NAME{QUEUE_SUFFIX}")
         return os.path.join(self.directory, name)
 
     def acquire(self, name: str, owner: Hashable = None, shared: bool = False,
@@ -170,7 +180,7 @@ class LockSpace:
         """Without wait, take name for owner at once (None) or raise LockBusy; with
         wait, register owner's wait and return its lock and the cancel generation
         that release_owner() moves on (the caller waits, then calls _end_wait)."""
-        lock = FileLock._canonical(self.path(name), autocreate, self._lockclass)
+        lock = FileLock._canonical(self.path(name), autocreate, self._lockclass, self.fair)
         with self._mutex:
             res = self._table.setdefault(name, _Resource())
             if owner in res.holds or owner in res.waits:
@@ -290,7 +300,7 @@ class LockSpace:
         with self._mutex:
             if name in self._table:
                 raise LockBusy("held in this lockspace", path)
-            lock = FileLock._canonical(path, create=False)
+            lock = FileLock._canonical(path, False, None, self.fair)
             lock.acquire(blocking=False)
             lock.remove()
 
@@ -314,7 +324,7 @@ class LockSpace:
                                "autocreate": res.autocreate, "owners": list(res.holds)})
                 fds.append(next(iter(res.holds.values())).handover())
             self._table.clear()
-        return {"directory": self.directory, "leases": leases}, fds
+        return {"directory": self.directory, "fair": self.fair, "leases": leases}, fds
 
     @classmethod
     def adopt(cls, description: dict[str, Any], fds: Sequence[int]) -> LockSpace:
@@ -322,7 +332,7 @@ class LockSpace:
 
         Takes ownership of the descriptors. The leases stay held throughout.
         """
-        space = cls(description["directory"])
+        space = cls(description["directory"], fair=description.get("fair", False))
         leases = description["leases"]
         if len(leases) != len(fds):
             raise ValueError(f"{len(leases)} leases but {len(fds)} descriptors")
@@ -330,11 +340,11 @@ class LockSpace:
             name, shared, owners = lease["name"], lease["shared"], lease["owners"]
             path = space.path(name)
             res = space._table[name] = _Resource(shared, lease["autocreate"])
-            first = FileLock._canonical(path, True, space._lockclass)
+            first = FileLock._canonical(path, True, space._lockclass, space.fair)
             first.adopt(fd, shared)
             res.holds[owners[0]] = first
             for owner in owners[1:]:
-                joined = FileLock._canonical(path, True, space._lockclass)
+                joined = FileLock._canonical(path, True, space._lockclass, space.fair)
                 joined._acquire_detached(False, None, True)
                 res.holds[owner] = joined
         return space
