@@ -11,11 +11,14 @@ the fair and the unfair lock in one run; its throughput figures are for the repo
 
 from __future__ import annotations
 
+import asyncio
 import errno
+import json
 import multiprocessing
 import os
 import random
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -25,11 +28,12 @@ from pathlib import Path
 
 import pytest
 from lwfcntl import fcntl_probe, inode_key
-from lwtest import WAIT, join_all
+from lwtest import LATCHWIRE, WAIT, join_all, run_cli
 from storm_worker import WorkerPool
 from witness import Witness, check
 
 from latchwire import FileLock, LockBusy, LockCancelled, LockSpace, LockTimeout
+from latchwire._core import QUEUE_SUFFIX
 
 FORK = multiprocessing.get_context("fork")
 sys.path.append(str(Path(__file__).resolve().parent.parent / "bench"))  # after tests/helpers
@@ -488,3 +492,92 @@ def test_a_fair_lockspace_serves_owners_in_arrival_order(tmp_path: Path) -> None
     assert sorted(os.listdir(tmp_path / "space")) == []
     with pytest.raises(ValueError, match="queue"):
         space.acquire("disk.~queue~")
+
+
+# ---------------------------------------------------------------------------
+# The command line
+
+
+def test_latchwire_lock_fair_queues_in_order_and_locks_hides_the_queue(
+        tmp_path: Path) -> None:
+    """Two ``latchwire lock --fair`` commands queued one after the other behind a
+    holder run in that order; ``latchwire locks DIR`` meanwhile lists the lock file's
+    holder and not the queue file (whose tickets are no holds of a lock)."""
+    path = tmp_path / "d" / "lock"
+    path.parent.mkdir()
+    out = tmp_path / "out"
+    holder = HeldElsewhere(fair(path))
+    commands = []
+    for n in (1, 2):
+        commands.append(subprocess.Popen(
+            [*LATCHWIRE, "lock", "--fair", "--file", str(path), "--", "sh", "-c",
+             f"echo {n} >> {out}"]))
+        until(lambda k=n: tickets(holder.lock) == k, f"command {n} queued")
+    listed = run_cli("locks", str(path.parent))
+    holder.release()
+    for command in commands:
+        assert command.wait(WAIT) == 0
+    assert out.read_text().split() == ["1", "2"]
+    assert listed.returncode == 0, listed.stderr
+    assert str(path) in listed.stdout and QUEUE_SUFFIX not in listed.stdout, listed.stdout
+
+
+def test_acquire_async_of_a_fair_lock_queues_too(tmp_path: Path) -> None:
+    """acquire_async() of a fair FileLock waits in the same queue: behind a waiter that
+    queued first, it is granted second."""
+    path = tmp_path / "lock"
+    holder = HeldElsewhere(fair(path))
+    order: list[str] = []
+    first = fair(path)
+    thread = threading.Thread(target=lambda: (first.acquire(timeout=WAIT), order.append("thread"),
+                                              first.release()))
+    thread.start()
+    until(lambda: tickets(holder.lock) == 1, "the thread queued")
+
+    async def main() -> None:
+        lock = fair(path)
+        waiting = asyncio.ensure_future(_async_take(lock, order))
+        await asyncio.sleep(0)
+        deadline = time.monotonic() + WAIT
+        while tickets(holder.lock) < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.002)
+        holder.release()
+        await asyncio.wait_for(waiting, WAIT)
+
+    asyncio.run(main())
+    thread.join(WAIT)
+    assert order == ["thread", "task"]
+
+
+async def _async_take(lock: FileLock, order: list[str]) -> None:
+    async with lock.acquire_async(timeout=WAIT):
+        order.append("task")
+
+
+def test_locks_waiters_shows_a_fair_queue_in_ticket_order(tmp_path: Path) -> None:
+    """``latchwire locks --waiters PATH`` lists a fair lock's waiters as one queue: the
+    head, waiting for the lock file, then those waiting in the queue file (STATE
+    queued), in the order they arrived."""
+    path = tmp_path / "lock"
+    holder = HeldElsewhere(fair(path))
+    tids: list[int] = []
+
+    def waiter() -> None:
+        tids.append(threading.get_native_id())
+        lock = fair(path)
+        lock.acquire(timeout=WAIT)
+        lock.release()
+
+    threads = queue_threads(holder.lock, waiter, [(), (), ()])
+    until(lambda: len(tids) == 3, "three waiters")
+    listed = run_cli("locks", "--waiters", "--json", str(path))
+    text = run_cli("locks", "--waiters", str(path))
+    holder.release()
+    for thread in threads:
+        thread.join(WAIT)
+    assert listed.returncode == 0, listed.stderr
+    waiters = json.loads(listed.stdout)["waiters"]
+    assert [(w["tid"], w["state"], w["queue"]) for w in waiters] == [
+        (tids[0], "waits", 1), (tids[1], "queued", 2), (tids[2], "queued", 3)], waiters
+    assert all(w["path"] == str(path) for w in waiters)
+    assert text.stdout.count("\tqueued\t") == 2, text.stdout

@@ -40,7 +40,7 @@ from lwtest import BOUND, WATCHDOG, new_lock
 from lwthreads import Worker, in_futex_wait, poll_until, wait_in_futex
 
 import latchwire
-from latchwire import FileLock, LockBusy, LockCancelled, LockTimeout
+from latchwire import FileLock, LockBusy, LockCancelled, LockTimeout, waitgraph
 
 # ---------------------------------------------------------------------------
 # Limits (the issue's requirements)
@@ -428,13 +428,22 @@ def test_ctrl_c_interrupts_kernel_wait(lockfile: str, other: OtherProcess) -> No
     lock.release()
 
 
+def _waits_on_record(tid: int) -> bool:
+    """Whether thread tid of this process is in its wait on a lock file record: its wait
+    is on the board (written just before the futex wait, with the GIL held) and it is
+    in a futex wait. The futex alone could be any other wait, the helper thread's start
+    among them: a signal sent then would land outside acquire()."""
+    waits = waitgraph.board_waiters().get(os.getpid(), [])
+    return any(w.wait.tid == tid for w in waits) and in_futex_wait(tid)
+
+
 def test_ctrl_c_interrupts_in_process_wait(lockfile: str) -> None:
     """SIGINT to the main thread blocked on another thread's hold raises KeyboardInterrupt."""
     main_tid = threading.get_native_id()
     lock = new_lock(lockfile)
     with HolderThread(lockfile):
         _acquire_interrupted(lock, signal.SIGINT, signal.default_int_handler, KeyboardInterrupt,
-                             lambda: in_futex_wait(main_tid))
+                             lambda: _waits_on_record(main_tid))
     assert lock.acquire(blocking=False)
     lock.release()
 

@@ -79,7 +79,9 @@ command).
 --waiters adds TID, STATE (holds or waits) and, for each wait, QUEUE (its place
 among the waits on that file, in the order they began; ? for a process that
 does not use latchwire, whose waits show in the kernel only and are listed
-last) and WAITED (seconds so far); holders come first, with - there. Then one
+last) and WAITED (seconds so far); holders come first, with - there. A fair
+lock's waiters (lock --fair, FileLock(fair=True)) behind the first wait in the
+queue file, in ticket order: STATE queued. Then one
 line for each wait cycle among the waiting threads ("cycle: ..."), which
 latchwire breaks with LockDeadlock in the thread that closes it. --json
 --waiters gives an object: holders, waiters (with queue, waited and each

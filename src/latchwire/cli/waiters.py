@@ -4,7 +4,10 @@ order, and the wait cycles among the waiting threads.
 The waits are latchwire.waitgraph's: those on the latchwire processes' wait boards
 (thread by thread, each with when it began, so they are listed in that order, and
 what the waiting thread holds), and the kernel's waits of other processes (listed
-after them, their order unknown: QUEUE ``?``).
+after them, their order unknown: QUEUE ``?``). A fair lock's waiters are in two
+places: the one at the head of its queue waits for the lock file itself, the others
+for their turn in the queue file (STATE ``queued``), in ticket order, which is the
+order their waits began.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import time
 from collections.abc import Sequence
 
 from latchwire import waitgraph
+from latchwire._core import QUEUE_SUFFIX
 from latchwire._procfs import command
 from latchwire.cli._common import printable
 from latchwire.locking import Holder
@@ -25,21 +29,27 @@ _COLUMNS = ("PATH", "PID", "TID", "STATE", "QUEUE", "MODE", "KIND", "WAITED", "C
 def show(holders: Sequence[tuple[str, Holder]], paths: Sequence[str], as_json: bool) -> bool:
     """Print the holders, the waiters on paths and every cycle among all waiters;
     whether anyone holds or waits."""
-    keys = {}
+    keys: dict[str, str] = {}  # file key -> the lock file it is, or whose fair queue it is
+    fair: set[str] = set()  # the keys of fair queue files
     for path in paths:
-        try:
-            st = os.lstat(path)
-        except OSError:
-            continue
-        keys[waitgraph.file_key(st.st_dev, st.st_ino)] = path
+        for name in (path, path + QUEUE_SUFFIX):
+            try:
+                st = os.lstat(name)
+            except OSError:
+                continue
+            key = waitgraph.file_key(st.st_dev, st.st_ino)
+            keys[key] = path
+            if name != path:
+                fair.add(key)
     everyone = waitgraph.waiters()
     now = time.monotonic()
-    queued = _queues([w for w in everyone if w.wait.key in keys])
+    queued = _queues([w for w in everyone if w.wait.key in keys], keys, fair)
     cycles = waitgraph.cycles(everyone)
     if as_json:
         print(json.dumps({
             "holders": [{"path": path, **h._asdict()} for path, h in holders],
-            "waiters": [_waiter_json(keys[w.wait.key], w, place, now) for w, place in queued],
+            "waiters": [_waiter_json(keys[w.wait.key], w, place, now, w.wait.key in fair)
+                        for w, place in queued],
             "cycles": [[_edge_json(wait, hold) for wait, hold in cycle] for cycle in cycles],
         }, indent=2))
     else:
@@ -49,7 +59,8 @@ def show(holders: Sequence[tuple[str, Holder]], paths: Sequence[str], as_json: b
                   f"{printable(h.command)}")
         for w, place in queued:
             waited = "?" if w.began is None else f"{max(0.0, now - w.began):.3f}"
-            print(f"{printable(keys[w.wait.key])}\t{w.wait.pid}\t{w.wait.tid}\twaits\t"
+            state = "queued" if w.wait.key in fair else "waits"
+            print(f"{printable(keys[w.wait.key])}\t{w.wait.pid}\t{w.wait.tid}\t{state}\t"
                   f"{place or '?'}\t{_mode(w.wait.exclusive)}\t{w.wait.kind}\t{waited}\t"
                   f"{printable(command(w.wait.pid))}")
         for cycle in cycles:
@@ -57,15 +68,18 @@ def show(holders: Sequence[tuple[str, Holder]], paths: Sequence[str], as_json: b
     return bool(holders or queued)
 
 
-def _queues(on: Sequence[waitgraph.Waiter]) -> list[tuple[waitgraph.Waiter, int | None]]:
-    """The waiters by file, each file's in the order its waits began (those whose
-    start is not known last), with each one's place (None: not known)."""
-    ordered = sorted(on, key=lambda w: (w.wait.key, w.began is None, w.began or 0.0))
+def _queues(on: Sequence[waitgraph.Waiter], keys: dict[str, str],
+            fair: set[str]) -> list[tuple[waitgraph.Waiter, int | None]]:
+    """The waiters by lock file (keys: by file key), each file's in the order its
+    waits began (those whose start is not known last; a fair queue's after the wait
+    for the file itself), with each one's place (None: not known)."""
+    ordered = sorted(on, key=lambda w: (keys[w.wait.key], w.wait.key in fair,
+                                        w.began is None, w.began or 0.0))
     out: list[tuple[waitgraph.Waiter, int | None]] = []
-    place, key = 0, None
+    place, path = 0, None
     for w in ordered:
-        if w.wait.key != key:
-            place, key = 0, w.wait.key
+        if keys[w.wait.key] != path:
+            place, path = 0, keys[w.wait.key]
         place += 1
         out.append((w, place if w.began is not None else None))
     return out
@@ -75,9 +89,10 @@ def _mode(exclusive: bool) -> str:
     return "exclusive" if exclusive else "shared"
 
 
-def _waiter_json(path: str, w: waitgraph.Waiter, place: int | None,
-                 now: float) -> dict[str, object]:
+def _waiter_json(path: str, w: waitgraph.Waiter, place: int | None, now: float,
+                 in_fair_queue: bool) -> dict[str, object]:
     return {"path": path, "pid": w.wait.pid, "tid": w.wait.tid, "queue": place,
+            "state": "queued" if in_fair_queue else "waits",
             "mode": _mode(w.wait.exclusive), "kind": w.wait.kind,
             "waited": None if w.began is None else round(max(0.0, now - w.began), 6),
             "holds": [{"file": h.key, "mode": _mode(h.exclusive), "kind": h.kind}
