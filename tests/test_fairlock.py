@@ -29,6 +29,7 @@ from pathlib import Path
 import pytest
 from lwfcntl import fcntl_probe, inode_key
 from lwtest import LATCHWIRE, WAIT, join_all, run_cli
+from lwthreads import poll_until
 from storm_worker import WorkerPool
 from witness import Witness, check
 
@@ -70,15 +71,6 @@ def queue_locks(lock: FileLock) -> list[str]:
         return [line.strip() for line in f if key in line.split()]
 
 
-def until(condition: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-    """Wait for condition (the test's own polling: the library never polls)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        time.sleep(0.002)
-
-
 def fair(path: Path | str) -> FileLock:
     return FileLock(str(path), lockfile=str(path), fair=True)
 
@@ -91,7 +83,7 @@ def queue_threads(holder: FileLock, target: Callable[..., object],
         thread = threading.Thread(target=target, args=arg)
         thread.start()
         threads.append(thread)
-        until(lambda k=n + 1: tickets(holder) == k, f"waiter {arg} queued")
+        poll_until(lambda k=n + 1: tickets(holder) == k, f"waiter {arg} queued", WAIT)
     return threads
 
 
@@ -141,7 +133,7 @@ def test_processes_are_served_in_arrival_order(tmp_path: Path) -> None:
         proc = FORK.Process(target=_queued_process, args=(path, i, writer))
         proc.start()
         procs.append(proc)
-        until(lambda n=i + 1: tickets(holder) == n, f"process {i} queued")
+        poll_until(lambda n=i + 1: tickets(holder) == n, f"process {i} queued", WAIT)
     holder.release()
     grants = [reader.recv() for _ in procs]
     join_all(procs, WAIT)
@@ -221,15 +213,15 @@ def test_a_killed_waiter_does_not_block_the_queue(tmp_path: Path) -> None:
         holder.acquire()
         first = FORK.Process(target=_waiter_process, args=(path, FORK.Pipe()[1]))
         first.start()
-        until(lambda h=holder: tickets(h) == 1, "W1 queued")
+        poll_until(lambda h=holder: tickets(h) == 1, "W1 queued", WAIT)
         reader, writer = FORK.Pipe(duplex=False)
         second = FORK.Process(target=_waiter_process, args=(path, writer))
         second.start()
-        until(lambda h=holder: tickets(h) == 2, "W2 queued")
+        poll_until(lambda h=holder: tickets(h) == 2, "W2 queued", WAIT)
         assert first.pid is not None
         os.kill(first.pid, signal.SIGKILL)
         first.join(WAIT)
-        until(lambda h=holder: tickets(h) == 1, "W1's ticket gone")
+        poll_until(lambda h=holder: tickets(h) == 1, "W1's ticket gone", WAIT)
         released = time.monotonic_ns()
         holder.release()
         assert reader.poll(WAIT), "W2 was never granted the lock"
@@ -277,7 +269,7 @@ def test_timeouts_cancels_and_busy_leave_no_ticket(tmp_path: Path) -> None:
     queued = fair(path)
     thread = threading.Thread(target=lambda: (queued.acquire(timeout=WAIT), queued.release()))
     thread.start()
-    until(lambda: tickets(holder.lock) == 1, "a waiter queued")
+    poll_until(lambda: tickets(holder.lock) == 1, "a waiter queued", WAIT)
     with pytest.raises(LockBusy, match="queued"):
         lock.acquire(blocking=False)
     holder.release()
@@ -289,9 +281,9 @@ def test_timeouts_cancels_and_busy_leave_no_ticket(tmp_path: Path) -> None:
 
 
 def test_a_non_blocking_try_does_not_overtake_a_queued_waiter(tmp_path: Path) -> None:
-    """While a waiter is queued, a non-blocking fair try is refused (LockBusy), though
-    the kernel lock is free for an instant while the holder hands over; an unfair try
-    is not queued and may take it."""
+    """While a waiter is queued behind an unfair holder (which does not queue), a
+    non-blocking fair try is refused (LockBusy): it must not pass the queued waiter
+    when the holder lets go."""
     path = tmp_path / "lock"
     holder = HeldElsewhere(FileLock(str(path), lockfile=str(path)))  # unfair: not queued
     queued = fair(path)
@@ -306,7 +298,7 @@ def test_a_non_blocking_try_does_not_overtake_a_queued_waiter(tmp_path: Path) ->
 
     thread = threading.Thread(target=wait)
     thread.start()
-    until(lambda: tickets(queued) == 1, "a waiter queued")
+    poll_until(lambda: tickets(queued) == 1, "a waiter queued", WAIT)
     with pytest.raises(LockBusy, match="queued"):
         fair(path).acquire(blocking=False)
     holder.release()
@@ -395,7 +387,7 @@ def test_remove_takes_the_queue_file_with_it_unless_someone_waits(tmp_path: Path
     waiter = fair(path)
     thread = threading.Thread(target=lambda: (waiter.acquire(timeout=WAIT), waiter.release()))
     thread.start()
-    until(lambda: tickets(lock) == 1, "a waiter queued")
+    poll_until(lambda: tickets(lock) == 1, "a waiter queued", WAIT)
     lock.remove()
     thread.join(WAIT)
     assert not thread.is_alive()
@@ -427,7 +419,7 @@ def test_a_fork_child_does_not_keep_a_waiting_threads_ticket(tmp_path: Path) -> 
 
     waiting = threading.Thread(target=wait)
     waiting.start()
-    until(lambda: tickets(lock) == 1, "the thread queued")
+    poll_until(lambda: tickets(lock) == 1, "the thread queued", WAIT)
     queue = os.stat(f"{path}.~queue~")
     read, write = os.pipe()
     go_read, go_write = os.pipe()
@@ -484,7 +476,7 @@ def test_a_fair_lockspace_serves_owners_in_arrival_order(tmp_path: Path) -> None
         thread = threading.Thread(target=waiter, args=(i,))
         thread.start()
         threads.append(thread)
-        until(lambda n=i + 1: tickets(probe) == n, f"owner {i} queued")
+        poll_until(lambda n=i + 1: tickets(probe) == n, f"owner {i} queued", WAIT)
     space.release("disk", owner="holder")
     for thread in threads:
         thread.join(WAIT)
@@ -512,7 +504,7 @@ def test_latchwire_lock_fair_queues_in_order_and_locks_hides_the_queue(
         commands.append(subprocess.Popen(
             [*LATCHWIRE, "lock", "--fair", "--file", str(path), "--", "sh", "-c",
              f"echo {n} >> {out}"]))
-        until(lambda k=n: tickets(holder.lock) == k, f"command {n} queued")
+        poll_until(lambda k=n: tickets(holder.lock) == k, f"command {n} queued", WAIT)
     listed = run_cli("locks", str(path.parent))
     holder.release()
     for command in commands:
@@ -532,7 +524,7 @@ def test_acquire_async_of_a_fair_lock_queues_too(tmp_path: Path) -> None:
     thread = threading.Thread(target=lambda: (first.acquire(timeout=WAIT), order.append("thread"),
                                               first.release()))
     thread.start()
-    until(lambda: tickets(holder.lock) == 1, "the thread queued")
+    poll_until(lambda: tickets(holder.lock) == 1, "the thread queued", WAIT)
 
     async def main() -> None:
         lock = fair(path)
@@ -569,7 +561,7 @@ def test_locks_waiters_shows_a_fair_queue_in_ticket_order(tmp_path: Path) -> Non
         lock.release()
 
     threads = queue_threads(holder.lock, waiter, [(), (), ()])
-    until(lambda: len(tids) == 3, "three waiters")
+    poll_until(lambda: len(tids) == 3, "three waiters", WAIT)
     listed = run_cli("locks", "--waiters", "--json", str(path))
     text = run_cli("locks", "--waiters", str(path))
     holder.release()
